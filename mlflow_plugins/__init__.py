@@ -1,0 +1,1 @@
+"""MLflow plugins of quantfid, installed through entry points (see pyproject.toml)."""

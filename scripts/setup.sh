@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv and install quantfid with every extra. Idempotent; safe to run on a fresh clone.
+# torch is pinned to 2.13.0 in pyproject.toml: on these machines that is the CPU wheel lying on disk.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.quantfid-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[all]" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import torch, quantfid; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+  touch "$stamp"
+fi

@@ -1,0 +1,80 @@
+"""Score a causal LM prompt by prompt: greedy generation, choice log-likelihood, execution against tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def _batches(n: int, size: int) -> list[range]:
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+@torch.no_grad()
+def generate_greedy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int = 32,
+    batch_size: int = 64,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy completions with a KV cache, left-padded batches, stopping at EOS; each cut at its first newline."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    outputs: list[str] = []
+    try:
+        for idx in tqdm(_batches(len(prompts), batch_size), desc=desc, unit="batch", leave=False):
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(model.device)
+            gen = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            outputs.extend(t.split("\n", 1)[0] for t in texts)
+    finally:
+        tokenizer.padding_side = side
+    return outputs
+
+
+@torch.no_grad()
+def choice_loglikelihoods(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    choices: Sequence[Sequence[str]],
+    batch_size: int = 64,
+    desc: str = "choices",
+) -> list[list[tuple[float, int]]]:
+    """For each prompt, (sum log-prob, token count) of every choice as a continuation of the prompt."""
+    pairs = [(p, c) for p, cs in zip(prompts, choices, strict=True) for c in cs]
+    prompt_ids = tokenizer([p for p, _ in pairs])["input_ids"]
+    choice_ids = tokenizer([c for _, c in pairs], add_special_tokens=False)["input_ids"]
+    scores: list[tuple[float, int]] = []
+    pad = tokenizer.pad_token_id
+    for idx in tqdm(_batches(len(pairs), batch_size), desc=desc, unit="batch", leave=False):
+        seqs = [prompt_ids[i] + choice_ids[i] for i in idx]
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, s in enumerate(seqs):
+            ids[row, : len(s)] = torch.tensor(s)
+            mask[row, : len(s)] = 1
+        logprobs = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        logprobs = logprobs.float().log_softmax(-1).cpu()
+        for row, i in enumerate(idx):
+            start, n = len(prompt_ids[i]), len(choice_ids[i])
+            targets = torch.tensor(choice_ids[i])
+            lp = logprobs[row, start - 1 : start - 1 + n].gather(-1, targets[:, None]).sum().item()
+            scores.append((lp, n))
+    out, k = [], 0
+    for cs in choices:
+        out.append(scores[k : k + len(cs)])
+        k += len(cs)
+    return out
