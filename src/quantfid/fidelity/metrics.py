@@ -1,0 +1,161 @@
+"""Per-token fidelity arrays and every aggregation of them.
+
+Per token (one scored next-token prediction) against the reference:
+
+- ``kld``      KL(ref || quant) = sum_i p_i (log p_i - log q_i)
+- ``kld_rev``  KL(quant || ref)
+- ``nll_ref``, ``nll_quant``: negative log-likelihood of the true next token
+- ``top1``     the reference's top-1 token is (one of) the quant's top-1 token(s)
+- ``dp``       q(true) - p(true) (llama.cpp's delta-p, as a fraction, not a percent)
+
+With a top-K cache the reference is known exactly on its K most probable tokens plus the total mass of the rest
+(the tail); both KL directions are then computed between the two distributions coarsened to those K tokens + one
+tail bucket. That is a lower bound of the exact KL (log-sum inequality); its error is the KL *inside* the tail,
+weighted by the tail mass, and is measured in docs/fidelity.md. Exact mode uses the full vocabulary.
+
+Log-probs are computed in float64 from the model's logits and rounded to float32 on both sides (the cache stores
+float32), so an identical model gives KLD exactly 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy import stats
+
+PER_TOKEN_FIELDS = ("kld", "kld_rev", "nll_ref", "nll_quant", "top1", "dp")
+
+
+def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """float64 log-softmax rounded through float32: the one definition used by cache and measurement alike."""
+    return torch.log_softmax(logits.double(), dim=-1).float().double()
+
+
+def _plogr(p: torch.Tensor, lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
+    """p * (lp - lq) with 0 * anything = 0 (so -inf log-probs where p = 0 contribute nothing)."""
+    return torch.where(p > 0, p * (lp - lq), torch.zeros((), dtype=p.dtype, device=p.device))
+
+
+def tail_logmass(lp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log of the total probability outside ``ids`` (rows of ``lp``), computed without cancellation."""
+    masked = lp.scatter(-1, ids, float("-inf"))
+    return torch.logsumexp(masked, dim=-1)
+
+
+def per_token_topk(
+    lq: torch.Tensor,
+    targets: torch.Tensor,
+    ref_ids: torch.Tensor,
+    ref_lp: torch.Tensor,
+    ref_tail: torch.Tensor,
+    ref_target_lp: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Per-token arrays from the quant's log-probs ``lq`` (N x V) and a top-K reference (N x K ids/log-probs)."""
+    lq_k = lq.gather(-1, ref_ids)
+    q_tail = tail_logmass(lq, ref_ids).float().double()  # rounded like the cached reference tail
+    p_k, q_k = ref_lp.exp(), lq_k.exp()
+    p_t, q_t = ref_tail.exp(), q_tail.exp()
+    kld = _plogr(p_k, ref_lp, lq_k).sum(-1) + _plogr(p_t, ref_tail, q_tail)
+    kld_rev = _plogr(q_k, lq_k, ref_lp).sum(-1) + _plogr(q_t, q_tail, ref_tail)
+    lq_true = lq.gather(-1, targets[:, None])[:, 0]
+    top1 = lq_k[:, 0] >= lq.amax(-1)
+    return _finish(kld, kld_rev, lq_true, ref_target_lp, top1)
+
+
+def per_token_exact(lq: torch.Tensor, targets: torch.Tensor, lp: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-token arrays against the reference's full-vocabulary log-probs ``lp`` (N x V)."""
+    kld = _plogr(lp.exp(), lp, lq).sum(-1)
+    kld_rev = _plogr(lq.exp(), lq, lp).sum(-1)
+    lq_true = lq.gather(-1, targets[:, None])[:, 0]
+    lp_true = lp.gather(-1, targets[:, None])[:, 0]
+    ref_top = lp.argmax(-1, keepdim=True)
+    top1 = lq.gather(-1, ref_top)[:, 0] >= lq.amax(-1)
+    return _finish(kld, kld_rev, lq_true, lp_true, top1)
+
+
+def _finish(kld, kld_rev, lq_true, lp_true, top1) -> dict[str, torch.Tensor]:
+    return {
+        "kld": kld,
+        "kld_rev": kld_rev,
+        "nll_ref": -lp_true,
+        "nll_quant": -lq_true,
+        "top1": top1,
+        "dp": lq_true.exp() - lp_true.exp(),
+    }
+
+
+# ---------------------------------------------------------------- aggregations (all from the per-token arrays)
+
+_KLD_PCTS = {"p999": 99.9, "p99": 99.0, "p95": 95.0, "p90": 90.0, "p10": 10.0, "p05": 5.0, "p01": 1.0, "p001": 0.1}
+_DP_PCTS = {**_KLD_PCTS, "p75": 75.0, "p25": 25.0}
+
+
+def _sem(x: np.ndarray) -> float:
+    """Standard error of the mean (ddof=1); equals llama.cpp's sqrt((E[x^2]-E[x]^2)/(n-1))."""
+    return float(stats.sem(x, ddof=1)) if x.size > 1 else float("nan")
+
+
+def aggregate(per_token: dict[str, np.ndarray], window: np.ndarray) -> dict[str, float]:
+    """Every fidelity statistic (``fid.<stat>``, docs/schema.md) from one run's per-token arrays.
+
+    ``window`` gives the window index of each token (for the mean of per-sequence means). Percentiles use linear
+    interpolation, as llama.cpp does.
+    """
+    kld = per_token["kld"].astype(np.float64)
+    kld_rev = per_token["kld_rev"].astype(np.float64)
+    nll_q = per_token["nll_quant"].astype(np.float64)
+    nll_r = per_token["nll_ref"].astype(np.float64)
+    top1 = per_token["top1"].astype(np.float64)
+    dp = per_token["dp"].astype(np.float64)
+    n = kld.size
+    m: dict[str, float] = {"n_tokens": float(n)}
+
+    # KLD aggregations (paper variants) and llama.cpp's KLD statistics
+    m["kld_mean"] = float(kld.mean())
+    m["kld_mean_se"] = _sem(kld)
+    m["kld_median"] = float(np.median(kld))
+    m["kld_max"] = float(kld.max())
+    m["kld_min"] = float(kld.min())
+    for name, q in _KLD_PCTS.items():
+        m[f"kld_{name}"] = float(np.percentile(kld, q))
+    _, inverse = np.unique(window, return_inverse=True)
+    seq_means = np.bincount(inverse, weights=kld) / np.bincount(inverse)
+    m["kld_seqmean"] = float(seq_means.mean())
+    m["kld_rev_mean"] = float(kld_rev.mean())
+    m["kld_rev_mean_se"] = _sem(kld_rev)
+
+    # perplexity formulations, with llama.cpp's covariance-aware errors
+    mq, mr = nll_q.mean(), nll_r.mean()
+    se_q, se_r = _sem(nll_q), _sem(nll_r)
+    cov = float(np.cov(nll_q, nll_r, ddof=1)[0, 1]) / n if n > 1 else float("nan")
+    ppl_q, ppl_r = math.exp(mq), math.exp(mr)
+    m["ppl_quant"], m["ppl_quant_se"] = ppl_q, ppl_q * se_q
+    m["ppl_ref"], m["ppl_ref_se"] = ppl_r, ppl_r * se_r
+    m["ln_ppl_ratio"] = float(mq - mr)
+    m["ln_ppl_ratio_se"] = math.sqrt(max(se_q**2 + se_r**2 - 2.0 * cov, 0.0))
+    m["ln_ppl_cor"] = cov / (se_q * se_r) if se_q > 0 and se_r > 0 else float("nan")
+    m["ppl_ratio"] = math.exp(m["ln_ppl_ratio"])
+    m["ppl_ratio_se"] = m["ppl_ratio"] * m["ln_ppl_ratio_se"]
+    m["ppl_diff"] = ppl_q - ppl_r
+    ppl_cov = ppl_q * ppl_r * cov
+    m["ppl_diff_se"] = math.sqrt(max(m["ppl_quant_se"] ** 2 + m["ppl_ref_se"] ** 2 - 2.0 * ppl_cov, 0.0))
+
+    # top-1 agreement ("same top p") with its binomial error
+    p = float(top1.mean())
+    m["top1_agree"] = p
+    m["top1_agree_se"] = math.sqrt(p * (1.0 - p) / (n - 1)) if n > 1 else float("nan")
+
+    # delta-p of the true token
+    m["dp_mean"] = float(dp.mean())
+    m["dp_mean_se"] = _sem(dp)
+    m["dp_median"] = float(np.median(dp))
+    m["dp_max"] = float(dp.max())
+    m["dp_min"] = float(dp.min())
+    for name, q in _DP_PCTS.items():
+        m[f"dp_{name}"] = float(np.percentile(dp, q))
+    mse = float((dp**2).mean())
+    m["rms_dp"] = math.sqrt(mse)
+    m["rms_dp_se"] = 0.5 / m["rms_dp"] * _sem(dp**2) if m["rms_dp"] > 0 else 0.0
+    return {f"fid.{k}": v for k, v in m.items()}

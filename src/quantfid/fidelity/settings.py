@@ -1,0 +1,94 @@
+"""Measurement settings of the fidelity stage and the errors it raises.
+
+A setting is what names one reference cache and one measurement: corpus, context length, scoring convention
+(``scored_fraction``: llama.cpp scores only the second half of each window, i.e. 0.5), top-K of the cache, and the
+token budget. Hydra configs under ``conf/fidelity/`` are these fields plus the named variants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+class FidelityError(ValueError):
+    """Bad input to the fidelity stage; the message names the field, what was wrong and what to do."""
+
+
+class TokenizerMismatchError(FidelityError):
+    """The quant's tokenizer is not the one the reference cache was built with."""
+
+
+class CacheMismatchError(FidelityError):
+    """A reference cache on disk or in the store does not match what was asked for, or its content is corrupt."""
+
+
+CORPORA = ("code", "prose", "tasks")
+
+
+@dataclass(frozen=True)
+class FidelitySettings:
+    """One (corpus, context, scoring convention, top-K) measurement setting.
+
+    ``scored_fraction``: the last fraction of each window whose next-token predictions are scored (0.5 = llama.cpp's
+    convention: the first half only gives context). ``max_tokens``: corpus tokens used (whole windows, from the start).
+    ``topk=0`` or ``exact=True`` stores full-vocabulary log-probs (the checking mode). ``bos``: replace the first token
+    of each window by BOS, as llama.cpp does. ``partial_last``: keep a last window shorter than ``context``.
+    """
+
+    corpus: str = "code"
+    context: int = 256
+    scored_fraction: float = 0.5
+    topk: int = 32
+    exact: bool = False
+    max_tokens: int = 16384
+    batch_size: int = 8
+    bos: bool = True
+    partial_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.corpus not in CORPORA:
+            raise FidelityError(f"fidelity.corpus={self.corpus!r} is not known; choose one of {list(CORPORA)}")
+        if not isinstance(self.context, int) or self.context < 4:
+            raise FidelityError(f"fidelity.context={self.context!r} must be an integer >= 4 (tokens per window)")
+        if not 0.0 < float(self.scored_fraction) <= 1.0:
+            raise FidelityError(
+                f"fidelity.scored_fraction={self.scored_fraction!r} must be in (0, 1]; 0.5 is llama.cpp's convention"
+            )
+        if not isinstance(self.topk, int) or self.topk < 0:
+            raise FidelityError(f"fidelity.topk={self.topk!r} must be an integer >= 0 (0 means exact full-vocab)")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < self.context:
+            raise FidelityError(
+                f"fidelity.max_tokens={self.max_tokens!r} must be an integer >= fidelity.context={self.context}"
+            )
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise FidelityError(f"fidelity.batch_size={self.batch_size!r} must be a positive integer")
+
+    @property
+    def is_exact(self) -> bool:
+        return self.exact or self.topk == 0
+
+    @property
+    def name(self) -> str:
+        """``<corpus>.<context>``: the suffix of a fidelity variant's name (``kld_mean@code.256``)."""
+        return f"{self.corpus}.{self.context}"
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> FidelitySettings:
+        """From a Hydra/OmegaConf ``fidelity`` node (unknown keys such as ``variants`` are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in dict(cfg).items() if k in known})
+
+    def params(self) -> dict[str, Any]:
+        """Flat ``fidelity.*`` params for the tracking schema."""
+        return {f"fidelity.{k}": v for k, v in asdict(self).items()}
+
+
+def scored_first(length: int, scored_fraction: float) -> int:
+    """First logit position scored in a window of ``length`` tokens (positions ``first .. length-2`` are scored).
+
+    For ``scored_fraction=0.5`` this is ``length // 2``, exactly llama.cpp's ``first = n_ctx/2``.
+    """
+    first = int(length - round(length * scored_fraction))
+    return max(0, min(first, length - 2))
