@@ -1,0 +1,204 @@
+"""Run every analysis on a ``Cohort`` and collect the numbers into one summary (the source of summary.json)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from quantfid.analysis.cohort import COMPOSITE, SCORE_PREFIX, AnalysisInputError, Cohort
+from quantfid.analysis.failure import failure_prediction
+from quantfid.analysis.flips import direction_identity_error, volume_direction
+from quantfid.analysis.router import router_accuracy
+from quantfid.analysis.silent import SilentZoneConfig, silent_zone
+from quantfid.analysis.stats import _clean, spearman_table, spearman_with_ci
+
+SUMMARY_VERSION = 1
+ZONES = ("full", "silent")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Every knob of the analysis; written verbatim into summary.json so a number can be traced to its settings."""
+
+    silent: SilentZoneConfig = field(default_factory=SilentZoneConfig)
+    n_boot: int = 1000
+    seed: int = 0
+    level: float = 0.95
+    kld_column: str = "kld_completion"
+    max_router_pairs: int = 2000
+    primary_variant: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_boot < 0:
+            raise AnalysisInputError(f"n_boot={self.n_boot} must be >= 0 (0 disables bootstrap CIs)")
+        if not 0 < self.level < 1:
+            raise AnalysisInputError(f"level={self.level} must lie in (0, 1), e.g. 0.95")
+        if self.kld_column not in ("kld_completion", "kld_prompt"):
+            raise AnalysisInputError(f"kld_column={self.kld_column!r} must be 'kld_completion' or 'kld_prompt'")
+        if self.max_router_pairs < 1:
+            raise AnalysisInputError(f"max_router_pairs={self.max_router_pairs} must be >= 1")
+
+
+@dataclass
+class AnalysisResult:
+    """The summary (JSON-ready) plus the frames the report plots."""
+
+    summary: dict
+    table: pd.DataFrame
+    zone: pd.DataFrame
+    flips: pd.DataFrame | None
+    failure: dict | None
+    correlations: pd.DataFrame
+    primary_variant: str
+
+
+def pick_primary_variant(cohort: Cohort, requested: str | None) -> str:
+    """The variant the scatter plots use: the requested one, else the first mean-KLD variant, else the first."""
+    if requested is not None:
+        if requested not in cohort.variants:
+            raise AnalysisInputError(
+                f"primary variant {requested!r} is not in the cohort; variants are {cohort.variants[:20]}"
+            )
+        return requested
+    for v in cohort.variants:
+        if v.split("@")[0] in ("kld_mean", "mean_kld", "kld"):
+            return v
+    return cohort.variants[0]
+
+
+def analyze(cohort: Cohort, config: AnalysisConfig | None = None) -> AnalysisResult:
+    """Silent zone, correlations (both zones), volume/direction, failure prediction and router on one cohort."""
+    config = config or AnalysisConfig()
+    t0 = time.perf_counter()
+    order = list(cohort.table.index)
+    quants = cohort.quants
+    notes: list[str] = []
+    kld_col = config.kld_column if config.kld_column in cohort.kld_columns() else None
+    if cohort.has_outcomes and kld_col is None and cohort.kld_columns():
+        kld_col = cohort.kld_columns()[0]
+        notes.append(f"per-prompt KLD column {config.kld_column!r} is empty; used {kld_col!r} instead")
+    matrices = cohort.task_matrices(kld_column=kld_col) if cohort.has_outcomes else None
+
+    zone, method = silent_zone(cohort, config.silent, matrices)
+    silent_q = [q for q in quants if bool(zone.at[q, "silent"])]
+    zone_members = {"full": quants, "silent": silent_q}
+
+    flips = None
+    identity_err = None
+    if matrices is not None:
+        flips = volume_direction(quants, order, matrices)
+        identity_err = direction_identity_error(flips, matrices)
+
+    # ---- correlations: every variant x every target, over both zones
+    targets: dict[str, np.ndarray] = {}
+    task_keys = [*cohort.tasks, COMPOSITE] if cohort.tasks else [COMPOSITE]
+    for k in task_keys:
+        targets[f"score.{k}"] = cohort.table.loc[quants, SCORE_PREFIX + k].to_numpy(float)
+    if flips is not None:
+        for kind in ("volume", "direction"):
+            for k in [COMPOSITE, *sorted(matrices)]:
+                targets[f"{kind}.{k}"] = flips.loc[quants, f"{kind}.{k}"].to_numpy(float)
+    rows = []
+    pos = {q: i for i, q in enumerate(quants)}
+    for zname in ZONES:
+        members = zone_members[zname]
+        sel = np.array([pos[q] for q in members], dtype=np.int64)
+        xs = {v: cohort.table.loc[members, v].to_numpy(float) for v in cohort.variants}
+        ys = {k: v[sel] for k, v in targets.items()}
+        complete_x = {k: v for k, v in xs.items() if np.isfinite(v).all()}
+        complete_y = {k: v for k, v in ys.items() if np.isfinite(v).all()}
+        part = spearman_table(complete_x, complete_y, config.n_boot, config.seed, config.level) if complete_x else []
+        for xk, xv in xs.items():  # pairs with missing values: their own resample on the complete quants
+            for yk, yv in ys.items():
+                if xk in complete_x and yk in complete_y:
+                    continue
+                ok = np.isfinite(xv) & np.isfinite(yv)
+                est = spearman_with_ci(xv[ok], yv[ok], config.n_boot, config.seed, config.level)
+                part.append({"x": xk, "y": yk, **est.to_dict()})
+        for r in part:
+            rows.append({"zone": zname, "variant": r.pop("x"), "target": r.pop("y"), **r})
+    corr = pd.DataFrame(rows, columns=["zone", "variant", "target", "value", "ci_low", "ci_high", "p", "n"])
+    corr = corr.rename(columns={"value": "rho"})
+
+    failure = None
+    router = None
+    if matrices is not None and kld_col is not None:
+        failure = failure_prediction(quants, order, matrices, config.level, config.progress)
+        router = router_accuracy(quants, order, matrices, config.max_router_pairs, config.seed, config.level)
+    elif matrices is None:
+        notes.append("no per-prompt outcomes: flips, volume/direction, failure prediction and router are not computed")
+    else:
+        notes.append("no per-prompt KLD: failure prediction and router are not computed")
+    if len(silent_q) < 3:
+        notes.append(f"the silent zone holds {len(silent_q)} quant(s): fewer than 3: no correlation there")
+
+    primary = pick_primary_variant(cohort, config.primary_variant)
+    summary = {
+        "summary_version": SUMMARY_VERSION,
+        "source": cohort.source,
+        "settings": {
+            **asdict(config),
+            "silent": asdict(config.silent) | {"resolved_method": method},
+            "kld_column_used": kld_col,
+        },
+        "cohort": {
+            "n_quants": len(quants),
+            "reference": cohort.reference,
+            "tasks": list(cohort.tasks),
+            "variants": list(cohort.variants),
+            "primary_variant": primary,
+            "n_prompts": {t: len(m.prompt_ids) for t, m in matrices.items()} if matrices else None,
+            "reference_scores": {
+                k: _clean(float(cohort.table.at[cohort.reference, SCORE_PREFIX + k])) for k in task_keys
+            }
+            if cohort.reference
+            else None,
+        },
+        "silent_zone": {
+            "method": method,
+            "correction": config.silent.correction if method == "mcnemar" else None,
+            "scope": config.silent.scope if method == "mcnemar" else None,
+            "alpha": config.silent.alpha if method == "mcnemar" else None,
+            "band": config.silent.band if method == "delta" else None,
+            "n_full": len(quants),
+            "n_silent": len(silent_q),
+            "n_outside": len(quants) - len(silent_q),
+            "silent_quants": silent_q,
+            "per_quant": _records(zone),
+        },
+        "correlations": [{k: _clean(v) for k, v in r.items()} for r in corr.to_dict("records")],
+        "volume_direction": None
+        if flips is None
+        else {
+            "per_quant": _records(flips),
+            "direction_identity_max_abs_error": identity_err,
+            "note": "direction (gained - lost) summed over a task's prompts equals n x (accuracy change) exactly",
+        },
+        "failure_prediction": None
+        if failure is None
+        else {
+            "kld_column": kld_col,
+            "cohort": _clean_dict(failure["cohort"]),
+            "per_quant": _records(failure["per_quant"]),
+        },
+        "router": router,
+        "notes": notes,
+        "elapsed_s": round(time.perf_counter() - t0, 3),
+    }
+    return AnalysisResult(summary, cohort.table, zone, flips, failure, corr, primary)
+
+
+def _records(frame: pd.DataFrame) -> dict:
+    """{quant: {column: value}} with JSON-clean values."""
+    return {
+        str(q): {c: _clean(v.item() if hasattr(v, "item") else v) for c, v in row.items()}
+        for q, row in frame.iterrows()
+    }
+
+
+def _clean_dict(d: dict) -> dict:
+    return {k: _clean_dict(v) if isinstance(v, dict) else _clean(v) for k, v in d.items()}

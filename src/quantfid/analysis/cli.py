@@ -1,0 +1,193 @@
+"""``quantfid-analyze``: read a cohort (tracking store or external files), analyse it, write report.html +
+summary.json, and log both to an MLflow analysis run (``quantfid.role=analysis``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from quantfid.analysis.analyze import AnalysisConfig, AnalysisResult, analyze
+from quantfid.analysis.cohort import COMPOSITE, AnalysisInputError, Cohort
+from quantfid.analysis.silent import METHODS, SilentZoneConfig
+from quantfid.analysis.stats import CORRECTIONS
+
+EPILOG = """examples:
+  quantfid-analyze --tracking-uri sqlite:///mlflow.db --experiment quantfid --sweep-id organism-2026 --out report/
+  quantfid-analyze --csv cohort.csv --no-log --out report/
+  quantfid-analyze --kld-log q4_k_m=q4km.log --kld-log q8_0=q8.log --csv scores.csv --silent-zone delta --band 0.01
+  quantfid-analyze --lm-eval-samples reference=out/ref --lm-eval-samples nf4=out/nf4 --csv fidelity.csv
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="quantfid-analyze",
+        description="Analyse a quant cohort: fidelity-vs-score correlations over the full cohort and the silent zone, "
+        "per-prompt failure prediction, KLD router, volume vs direction of flips. Reads only the tracking store "
+        "(or external files) and writes a self-contained report.html and summary.json.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_argument_group("source: the MLflow tracking store (schema docs/schema.md)")
+    src.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI / mlflow's default)")
+    src.add_argument("--experiment", action="append", default=[], help="experiment name (repeatable)")
+    src.add_argument("--sweep-id", action="append", default=[], help="quantfid.sweep_id to select (repeatable)")
+    src.add_argument("--filter", help="extra MLflow filter string, ANDed (e.g. \"params.`quant.bits` = '4'\")")
+    src.add_argument("--workers", type=int, default=16, help="parallel artifact reads (default 16)")
+    ext = p.add_argument_group("source: external cohort files (instead of the tracking store)")
+    ext.add_argument("--csv", help="cohort CSV: quant, score, n, [task], fidelity metric columns")
+    ext.add_argument(
+        "--kld-log",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="llama-perplexity --kl-divergence output log of one quant (repeatable)",
+    )
+    ext.add_argument(
+        "--lm-eval-samples",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="lm-eval --log_samples output directory of one model, the reference included (repeatable)",
+    )
+    ext.add_argument("--lm-eval-metric", help="per-sample metric to read as pass/fail (default: acc, exact_match, ...)")
+    ext.add_argument("--reference", default="reference", help="name of the reference row (default 'reference')")
+    an = p.add_argument_group("analysis")
+    an.add_argument(
+        "--silent-zone",
+        choices=METHODS,
+        default="auto",
+        help="silent-zone definition: mcnemar (paired exact test per task, corrected; the default when "
+        "per-prompt outcomes exist), ci_overlap (Wilson CIs overlap), delta (|score change| <= --band)",
+    )
+    an.add_argument("--correction", choices=sorted(CORRECTIONS), default="holm", help="multiple-comparison correction")
+    an.add_argument(
+        "--correction-scope",
+        choices=("all", "task"),
+        default="all",
+        help="correct over all quant x task tests (default) or within each task",
+    )
+    an.add_argument("--alpha", type=float, default=0.05, help="significance level of the silent-zone test")
+    an.add_argument("--band", type=float, default=0.02, help="score band of --silent-zone delta")
+    an.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for rho CIs (0: none)")
+    an.add_argument("--seed", type=int, default=0)
+    an.add_argument("--level", type=float, default=0.95, help="confidence level")
+    an.add_argument(
+        "--kld-column",
+        choices=("kld_completion", "kld_prompt"),
+        default="kld_completion",
+        help="per-prompt KLD for failure prediction and the router",
+    )
+    an.add_argument("--max-router-pairs", type=int, default=2000, help="router pairs (seeded sample beyond this)")
+    an.add_argument("--primary-variant", help="variant for the scatter plots (default: the first mean-KLD variant)")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", default="analysis-report", help="output directory (default ./analysis-report)")
+    out.add_argument("--no-log", action="store_true", help="do not log an MLflow analysis run")
+    out.add_argument("--log-tracking-uri", help="where to log the analysis run (default: --tracking-uri)")
+    out.add_argument(
+        "--log-experiment",
+        help="experiment of the analysis run (default: the first --experiment, else 'quantfid-analysis')",
+    )
+    out.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def load_from_args(args: argparse.Namespace) -> Cohort:
+    """The cohort the arguments name: external files, or the tracking store."""
+    external = args.csv or args.kld_log or args.lm_eval_samples
+    if external and args.experiment:
+        raise AnalysisInputError(
+            "give either --experiment (tracking store) or external files (--csv/--kld-log/--lm-eval-samples), not both"
+        )
+    if external:
+        from quantfid.analysis.external import import_external
+
+        return import_external(args.csv, args.kld_log, args.lm_eval_samples, args.reference, args.lm_eval_metric)
+    if not args.experiment:
+        raise AnalysisInputError("no source: give --experiment NAME (with --tracking-uri) or external files (--csv)")
+    from quantfid.analysis.query import load_cohort
+
+    return load_cohort(args.tracking_uri, args.experiment, args.sweep_id or None, args.filter,
+                       max_workers=args.workers, progress=not args.no_progress)  # fmt: skip
+
+
+def log_analysis_run(res: AnalysisResult, paths: dict[str, Path], tracking_uri: str | None, experiment: str) -> str:
+    """Log report, summary and plots as artifacts of a new FINISHED run tagged quantfid.role=analysis."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    s = res.summary
+    src = s["source"]
+    tags = {"quantfid.role": "analysis", "quantfid.schema_version": "1",
+            "quantfid.analysis.source": src.get("kind", "?"),
+            "quantfid.analysis.sweep_ids": ",".join(src.get("sweep_ids", []))[:5000],
+            "quantfid.analysis.silent_zone": s["silent_zone"]["method"]}  # fmt: skip
+    if src.get("reference_fingerprint"):
+        tags["quantfid.reference_fingerprint"] = src["reference_fingerprint"]
+    run = client.create_run(exp_id, tags=tags, run_name="quantfid-analyze")
+    rid = run.info.run_id
+    try:
+        metrics = {"n_quants": s["silent_zone"]["n_full"], "n_silent": s["silent_zone"]["n_silent"]}
+        for r in s["correlations"]:
+            if r["variant"] == res.primary_variant and r["target"].endswith(COMPOSITE) and r["rho"] is not None:
+                metrics[f"rho.{r['zone']}.{r['target']}"] = r["rho"]
+        if s["router"]:
+            metrics["router.accuracy"] = s["router"]["accuracy"]["value"]
+        if s["failure_prediction"] and s["failure_prediction"]["cohort"]["gm_ratio"]["value"] is not None:
+            metrics["failure.gm_ratio"] = s["failure_prediction"]["cohort"]["gm_ratio"]["value"]
+        client.log_batch(rid, metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items() if v is not None],
+                         params=[])  # fmt: skip
+        client.log_param(rid, "primary_variant", res.primary_variant)
+        client.log_artifact(rid, str(paths["report"]))
+        client.log_artifact(rid, str(paths["summary"]))
+        for k, pth in paths.items():
+            if k not in ("report", "summary"):
+                client.log_artifact(rid, str(pth), artifact_path="plots")
+        client.set_terminated(rid, "FINISHED")
+    except Exception:
+        client.set_terminated(rid, "FAILED")
+        raise
+    return rid
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = AnalysisConfig(
+            silent=SilentZoneConfig(args.silent_zone, args.correction, args.alpha, args.correction_scope, args.band,
+                                    args.level),
+            n_boot=args.n_boot, seed=args.seed, level=args.level, kld_column=args.kld_column,
+            max_router_pairs=args.max_router_pairs, primary_variant=args.primary_variant,
+            progress=not args.no_progress,
+        )  # fmt: skip
+        cohort = load_from_args(args)
+        res = analyze(cohort, cfg)
+    except AnalysisInputError as e:
+        print(f"quantfid-analyze: error: {e}", file=sys.stderr)
+        return 2
+    from quantfid.analysis.report import write_report
+
+    paths = write_report(res, args.out)
+    sz = res.summary["silent_zone"]
+    print(f"cohort: {sz['n_full']} quants; silent zone ({sz['method']}): {sz['n_silent']}; outside: {sz['n_outside']}")
+    print(f"report:  {paths['report'].resolve()}")
+    print(f"summary: {paths['summary'].resolve()}")
+    if not args.no_log:
+        log_uri = args.log_tracking_uri or args.tracking_uri
+        experiment = args.log_experiment or (args.experiment[0] if args.experiment else "quantfid-analysis")
+        rid = log_analysis_run(res, paths, log_uri, experiment)
+        print(
+            f"mlflow analysis run: {rid} (experiment {experiment!r}); open with: mlflow ui --backend-store-uri "
+            f"{log_uri or '<your tracking uri>'}"
+        )
+    print(json.dumps({"n_silent": sz["n_silent"], "n_full": sz["n_full"], "elapsed_s": res.summary["elapsed_s"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

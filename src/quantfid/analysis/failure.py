@@ -1,0 +1,96 @@
+"""Per-prompt failure prediction: does a prompt's KLD say whether the quant fails it?
+
+Per quant: geometric-mean per-prompt KLD of failed prompts / of passed prompts (Welch t CI on log KLD) and the AUROC
+of per-prompt KLD for predicting failure (Mann-Whitney U, Hanley-McNeil CI). Two populations: all prompts (failed vs
+passed) and, sharper, the prompts the reference passed (lost vs kept). The cohort summary treats quants as the units:
+the geometric mean of per-quant ratios and the mean AUROC with a one-sample t CI over quants.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from quantfid.analysis.cohort import TaskMatrix
+from quantfid.analysis.stats import auroc, log_ratio_ci, mean_t_ci
+
+KLD_FLOOR = 1e-10  # per-prompt KLD <= 0 (float rounding) is floored here before taking logs; the count is reported
+
+
+def failure_prediction(
+    quants: list[str], order: list[str], matrices: dict[str, TaskMatrix], level: float = 0.95, progress: bool = True
+) -> dict:
+    """Per-quant and cohort-level failure prediction from per-prompt KLD; needs matrices built with a KLD column."""
+    qidx = np.array([order.index(q) for q in quants])
+    tasks = sorted(matrices)
+    passed = np.concatenate([matrices[t].passed[qidx] for t in tasks], axis=1)
+    ref = np.concatenate([matrices[t].ref_passed for t in tasks])
+    kld = np.concatenate([matrices[t].kld[qidx] for t in tasks], axis=1)
+    finite = np.isfinite(kld)
+    n_floored = int((finite & (kld <= KLD_FLOOR)).sum())
+    logk = np.log(np.maximum(np.where(finite, kld, np.nan), KLD_FLOOR))
+    rows = []
+    for i, q in enumerate(tqdm(quants, desc="failure prediction", disable=not progress, leave=False)):
+        ok = finite[i]
+        fail, pas = ok & ~passed[i], ok & passed[i]
+        lost, kept = fail & ref, pas & ref
+        r_all = log_ratio_ci(logk[i, fail], logk[i, pas], level)
+        a_all = auroc(logk[i, fail], logk[i, pas], level)
+        r_lost = log_ratio_ci(logk[i, lost], logk[i, kept], level)
+        a_lost = auroc(logk[i, lost], logk[i, kept], level)
+        rows.append(
+            {
+                "quant": q,
+                "n_failed": int(fail.sum()),
+                "n_passed": int(pas.sum()),
+                "gm_ratio": r_all.value,
+                "gm_ratio_ci_low": r_all.ci_low,
+                "gm_ratio_ci_high": r_all.ci_high,
+                "auroc": a_all.value,
+                "auroc_ci_low": a_all.ci_low,
+                "auroc_ci_high": a_all.ci_high,
+                "n_lost": int(lost.sum()),
+                "n_kept": int(kept.sum()),
+                "gm_ratio_lost": r_lost.value,
+                "gm_ratio_lost_ci_low": r_lost.ci_low,
+                "gm_ratio_lost_ci_high": r_lost.ci_high,
+                "auroc_lost": a_lost.value,
+                "auroc_lost_ci_low": a_lost.ci_low,
+                "auroc_lost_ci_high": a_lost.ci_high,
+            }
+        )
+    per_quant = pd.DataFrame(rows).set_index("quant")
+    cohort = {}
+    for key in ("gm_ratio", "gm_ratio_lost"):
+        est = mean_t_ci(np.log(per_quant[key].to_numpy(float)), level)
+        vals = per_quant[key].to_numpy(float)
+        vals = vals[np.isfinite(vals)]
+        cohort[key] = {
+            "value": _exp(est.value),
+            "ci_low": _exp(est.ci_low),
+            "ci_high": _exp(est.ci_high),
+            "n_quants": est.n,
+            "min": float(vals.min()) if len(vals) else None,
+            "max": float(vals.max()) if len(vals) else None,
+        }
+    for key in ("auroc", "auroc_lost"):
+        est = mean_t_ci(per_quant[key].to_numpy(float), level, popmean=0.5)
+        cohort[key] = est.to_dict() | {"n_quants": est.n}
+    fail_all, pass_all = finite & ~passed, finite & passed
+    pooled = log_ratio_ci(logk[fail_all], logk[pass_all], level)
+    cohort["pooled_gm_ratio"] = pooled.value
+    cohort["n_kld_floored"] = n_floored
+    centred = logk - np.nanmedian(logk, axis=1, keepdims=True)  # within-quant: removes between-quant KLD level
+    return {
+        "per_quant": per_quant,
+        "cohort": cohort,
+        "log_kld_failed": logk[fail_all],
+        "log_kld_passed": logk[pass_all],
+        "centred_failed": centred[fail_all],
+        "centred_passed": centred[pass_all],
+    }
+
+
+def _exp(v: float | None) -> float | None:
+    return None if v is None or not np.isfinite(v) else float(np.exp(v))

@@ -1,0 +1,208 @@
+"""Statistics used by the analysis, all from scipy/statsmodels; thin wrappers so every number has one definition.
+
+The fast paths (batched bootstrap of Spearman's rho, vectorised exact McNemar) exist because the analysis must run on
+1,000 quants x 1,000 prompts in seconds; each is tested against the scipy/statsmodels reference implementation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
+
+CORRECTIONS = {"holm": "holm", "bh": "fdr_bh", "fdr_bh": "fdr_bh", "bonferroni": "bonferroni", "none": None}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with its confidence interval (and a p-value where one is defined)."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    p: float | None = None
+    n: int | None = None
+
+    def to_dict(self) -> dict:
+        return {k: _clean(v) for k, v in asdict(self).items()}
+
+
+def _clean(v):
+    """JSON-friendly floats: NaN/inf become None so summary.json stays valid JSON."""
+    if isinstance(v, float | np.floating):
+        v = float(v)
+        return v if np.isfinite(v) else None
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+# ---------------------------------------------------------------- Spearman + bootstrap
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Spearman rho and its two-sided p-value (scipy). NaN when fewer than 3 points or a constant input."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan"), float("nan")
+    res = stats.spearmanr(x, y)
+    return float(res.statistic), float(res.pvalue)
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """Seeded paired resample indices (n_boot x n), shared by every (variant, target) pair of one zone."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, n, size=(n_boot, n))
+
+
+def _standardized_ranks(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Ranks of each resample (rows), centred and scaled to unit norm; constant rows become NaN."""
+    r = stats.rankdata(values[idx], axis=1)
+    r -= r.mean(axis=1, keepdims=True)
+    norm = np.sqrt((r * r).sum(axis=1, keepdims=True))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r /= norm
+    r[~np.isfinite(r)] = np.nan
+    return r
+
+
+def resampled_spearman(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Spearman rho on each bootstrap resample (rows of idx): Pearson correlation of average ranks."""
+    return np.einsum("ij,ij->i", _standardized_ranks(np.asarray(x, float), idx), _standardized_ranks(y, idx))
+
+
+def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval, ignoring degenerate (NaN) resamples."""
+    s = samples[np.isfinite(samples)]
+    if len(s) == 0:
+        return float("nan"), float("nan")
+    a = (1 - level) / 2
+    lo, hi = np.percentile(s, [100 * a, 100 * (1 - a)])
+    return float(lo), float(hi)
+
+
+def spearman_with_ci(x, y, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> Estimate:
+    """Spearman rho, p-value, and a seeded percentile bootstrap CI (resampling quants, pairs kept together)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    rho, p = spearman(x, y)
+    if not np.isfinite(rho) or n_boot <= 0:
+        return Estimate(rho, float("nan"), float("nan"), p, len(x))
+    lo, hi = percentile_ci(resampled_spearman(x, y, bootstrap_indices(len(x), n_boot, seed)), level)
+    return Estimate(rho, lo, hi, p, len(x))
+
+
+def spearman_table(
+    xs: dict[str, np.ndarray], ys: dict[str, np.ndarray], n_boot: int, seed: int, level: float = 0.95
+) -> list[dict]:
+    """rho/p/CI for every (x, y) pair on one set of quants: ranks of each resample are computed once per column."""
+    out: list[dict] = []
+    n = len(next(iter(xs.values()))) if xs else 0
+    idx = bootstrap_indices(n, n_boot, seed) if n >= 3 and n_boot > 0 else None
+    y_ranks = {k: _standardized_ranks(np.asarray(v, float), idx) for k, v in ys.items()} if idx is not None else {}
+    for xname, x in xs.items():
+        x = np.asarray(x, float)
+        x_rank = _standardized_ranks(x, idx) if idx is not None else None
+        for yname, y in ys.items():
+            rho, p = spearman(x, y)
+            lo = hi = float("nan")
+            if x_rank is not None and np.isfinite(rho):
+                lo, hi = percentile_ci(np.einsum("ij,ij->i", x_rank, y_ranks[yname]), level)
+            out.append({"x": xname, "y": yname, **Estimate(rho, lo, hi, p, n).to_dict()})
+    return out
+
+
+# ---------------------------------------------------------------- paired tests
+
+
+def mcnemar_exact_p(lost: np.ndarray, gained: np.ndarray) -> np.ndarray:
+    """Exact McNemar p-value from the discordant counts: two-sided binomial test of lost vs gained at 1/2.
+
+    Equals statsmodels' ``mcnemar(table, exact=True).pvalue``; vectorised so 1,000 quants x tasks cost nothing.
+    No discordant pairs -> p = 1 (nothing differs).
+    """
+    b = np.asarray(lost, dtype=np.int64)
+    c = np.asarray(gained, dtype=np.int64)
+    n = b + c
+    p = 2.0 * stats.binom.cdf(np.minimum(b, c), n, 0.5)
+    return np.where(n == 0, 1.0, np.minimum(p, 1.0))
+
+
+def adjust_pvalues(p: np.ndarray, method: str, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Multiple-comparison correction (statsmodels ``multipletests``): returns (reject, adjusted p)."""
+    if method not in CORRECTIONS:
+        raise ValueError(f"correction={method!r} is not known; use one of {sorted(CORRECTIONS)}")
+    p = np.asarray(p, float)
+    if CORRECTIONS[method] is None or p.size == 0:
+        return p < alpha, p.copy()
+    reject, p_adj, _, _ = multipletests(p, alpha=alpha, method=CORRECTIONS[method])
+    return reject, p_adj
+
+
+def wilson_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (scipy ``binomtest``)."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def binomial_estimate(k: int, n: int, level: float = 0.95, p0: float = 0.5) -> Estimate:
+    """Proportion k/n with its exact (Clopper-Pearson) CI and the two-sided binomial test against p0."""
+    if n <= 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), None, 0)
+    res = stats.binomtest(int(k), int(n), p0)
+    ci = res.proportion_ci(confidence_level=level, method="exact")
+    return Estimate(k / n, float(ci.low), float(ci.high), float(res.pvalue), int(n))
+
+
+# ---------------------------------------------------------------- failure prediction
+
+
+def log_ratio_ci(log_a: np.ndarray, log_b: np.ndarray, level: float = 0.95) -> Estimate:
+    """Geometric-mean ratio exp(mean log a - mean log b) with a Welch t CI on the log scale (scipy ttest_ind)."""
+    log_a, log_b = np.asarray(log_a, float), np.asarray(log_b, float)
+    if len(log_a) < 2 or len(log_b) < 2:
+        return Estimate(float("nan"), float("nan"), float("nan"), None, len(log_a) + len(log_b))
+    diff = log_a.mean() - log_b.mean()
+    res = stats.ttest_ind(log_a, log_b, equal_var=False)
+    if not np.isfinite(res.statistic):  # both groups constant
+        return Estimate(float(np.exp(diff)), float("nan"), float("nan"), None, len(log_a) + len(log_b))
+    ci = res.confidence_interval(confidence_level=level)
+    return Estimate(
+        float(np.exp(diff)), float(np.exp(ci.low)), float(np.exp(ci.high)), float(res.pvalue), len(log_a) + len(log_b)
+    )
+
+
+def auroc(pos: np.ndarray, neg: np.ndarray, level: float = 0.95) -> Estimate:
+    """AUROC of a score for separating pos from neg = U / (n_pos n_neg) (scipy Mann-Whitney U, ties count 1/2).
+
+    CI: Hanley & McNeil (1982) standard error, clipped to [0, 1]; p: the Mann-Whitney two-sided test.
+    """
+    pos, neg = np.asarray(pos, float), np.asarray(neg, float)
+    n1, n0 = len(pos), len(neg)
+    if n1 == 0 or n0 == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), None, n1 + n0)
+    res = stats.mannwhitneyu(pos, neg, alternative="two-sided")
+    auc = float(res.statistic) / (n1 * n0)
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n1 - 1) * (q1 - auc * auc) + (n0 - 1) * (q2 - auc * auc)) / (n1 * n0)
+    z = stats.norm.ppf(0.5 + level / 2)
+    se = float(np.sqrt(max(var, 0.0)))
+    return Estimate(auc, max(0.0, auc - z * se), min(1.0, auc + z * se), float(res.pvalue), n1 + n0)
+
+
+def mean_t_ci(values: np.ndarray, level: float = 0.95, popmean: float = 0.0) -> Estimate:
+    """Mean with a one-sample t CI and the t-test against ``popmean`` (scipy): summarises per-quant estimates over
+    the cohort with quants as the units."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        m = float(v.mean()) if len(v) else float("nan")
+        return Estimate(m, float("nan"), float("nan"), None, len(v))
+    if np.ptp(v) == 0:
+        return Estimate(float(v[0]), float(v[0]), float(v[0]), None, len(v))
+    res = stats.ttest_1samp(v, popmean)
+    ci = res.confidence_interval(confidence_level=level)
+    return Estimate(float(v.mean()), float(ci.low), float(ci.high), float(res.pvalue), len(v))
