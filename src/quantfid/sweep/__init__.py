@@ -1,0 +1,1 @@
+"""Sweep stage: the `quantfid-sweep` Hydra app, its job wrapper and the tracking callback."""
