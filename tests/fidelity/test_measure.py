@@ -164,7 +164,7 @@ def test_context_longer_than_the_model_supports(reference, caches, tmp_path, per
         build_cache(reference.model, reference.tokenizer, s, reference.fingerprint, tmp_path)
     short = perturbed(reference.model)
     short.config.max_position_embeddings = 32
-    with pytest.raises(FidelityError, match="fidelity.context=64 is longer"):
+    with pytest.raises(FidelityError, match=r"fidelity\.context=64 is longer"):
         measure(short, caches[1], progress=False)
 
 
@@ -198,11 +198,11 @@ def test_vocabulary_mismatch_is_refused(reference, caches):
 
 
 def test_settings_validation_names_the_field():
-    with pytest.raises(FidelityError, match="fidelity.corpus='wiki'"):
+    with pytest.raises(FidelityError, match=r"fidelity\.corpus='wiki'"):
         FidelitySettings(corpus="wiki")
-    with pytest.raises(FidelityError, match="fidelity.scored_fraction"):
+    with pytest.raises(FidelityError, match=r"fidelity\.scored_fraction"):
         FidelitySettings(scored_fraction=0.0)
-    with pytest.raises(FidelityError, match="fidelity.topk"):
+    with pytest.raises(FidelityError, match=r"fidelity\.topk"):
         FidelitySettings(topk=-1)
 
 

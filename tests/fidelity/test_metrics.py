@@ -101,7 +101,7 @@ def test_aggregate_vs_independent_statistics():
     s = np.sort(kld)
     for name, frac in (("kld_p90", 0.9), ("kld_p99", 0.99), ("kld_p999", 0.999), ("kld_p01", 0.01)):
         pos = frac * (n - 1)  # llama.cpp's percentile: linear between order statistics
-        lo = int(math.floor(pos))
+        lo = math.floor(pos)
         close(name, s[lo] + (pos - lo) * (s[min(lo + 1, n - 1)] - s[lo]))
     close("kld_max", kld.max())
     close("kld_seqmean", pd.Series(kld).groupby(window).mean().mean())
