@@ -48,7 +48,17 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def check_spec(spec: ModelSpec) -> None:
+    """Reject a bad dtype or device before anything is read from disk."""
+    torch_dtype(spec.dtype)
+    if spec.device != "cpu" and not spec.device.startswith("cuda"):
+        raise ModelLoadError(f"model.device={spec.device!r} is not supported; use 'cpu' or 'cuda[:N]'")
+    if spec.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"model.device={spec.device!r} but no CUDA device is available; use model.device=cpu")
+
+
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
+    check_spec(spec)
     name = resolve_name(spec.name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(name, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
@@ -67,10 +77,7 @@ def load_model(spec: ModelSpec, **from_pretrained_kwargs) -> PreTrainedModel:
 
     Extra keyword arguments (a ``quantization_config`` above all) go straight to ``from_pretrained``.
     """
-    if spec.device != "cpu" and not spec.device.startswith("cuda"):
-        raise ModelLoadError(f"model.device={spec.device!r} is not supported; use 'cpu' or 'cuda[:N]'")
-    if spec.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"model.device={spec.device!r} but no CUDA device is available; use model.device=cpu")
+    check_spec(spec)
     name = resolve_name(spec.name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(

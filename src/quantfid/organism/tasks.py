@@ -57,7 +57,7 @@ def _spaced(letters: list[str]) -> str:
 
 
 def _string(rng: random.Random) -> TaskInstance:
-    n = rng.randint(3, 9)
+    n = rng.randint(2, 7)
     letters = [rng.choice(string.ascii_lowercase) for _ in range(n)]
     if rng.random() < 0.6:
         return TaskInstance("string", f"reverse {_spaced(letters)} =", " " + _spaced(letters[::-1]))

@@ -32,22 +32,24 @@ class TrainConfig:
     """Everything that decides the trained weights (logged next to them)."""
 
     seed: int = 0
-    steps: int = 2000
+    steps: int = 12000
     max_minutes: float | None = None  # stop early on wall-clock; the schedule follows whichever ends first
-    batch_size: int = 32
+    batch_size: int = 8
     seq_len: int = 256
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 768
     vocab_size: int = 2048
-    text_fraction: float = 0.25
+    text_fraction: float = 0.1
     muon_lr: float = 0.02
     adam_lr: float = 3e-3
-    warmup_steps: int = 50
+    warmup_steps: int = 100
     cooldown_fraction: float = 0.3
     threads: int = 2
     tokenizer_chars: int = 4_000_000
+    text_chars: int | None = None  # cap on stdlib text read (None: all of the train split); for quick tests
+    task_text_samples: int = 20000  # task instances mixed into the tokenizer's training text
 
 
 def _newton_schulz_float32(grad: torch.Tensor, ns_coefficients, ns_steps: int, eps: float) -> torch.Tensor:
@@ -147,8 +149,10 @@ def train(cfg: TrainConfig, out_dir: Path, log_every: int = 50, save_every: int 
     _muon._zeropower_via_newtonschulz = _newton_schulz_float32
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    text = corpus.read_text(corpus.stdlib_files("train"))
-    task_text = "\n".join(i.prompt + i.answer for i in itertools.islice(tasks.training_stream(cfg.seed + 1), 20000))
+    text = corpus.read_text(corpus.stdlib_files("train"), max_chars=cfg.text_chars)
+    task_text = "\n".join(
+        i.prompt + i.answer for i in itertools.islice(tasks.training_stream(cfg.seed + 1), cfg.task_text_samples)
+    )
     tokenizer = train_tokenizer([text[: cfg.tokenizer_chars], task_text], vocab_size=cfg.vocab_size)
     text_ids = np.array(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int32)
 

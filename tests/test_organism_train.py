@@ -1,0 +1,35 @@
+"""The training code still trains and saves a model that loads through from_pretrained (well under a minute)."""
+
+import json
+
+import pytest
+import torch
+
+from quantfid.models import ModelSpec, load_reference
+from quantfid.organism.train import TrainConfig, train
+
+
+@pytest.mark.slow
+def test_short_training_run_saves_a_loadable_model(tmp_path):
+    cfg = TrainConfig(
+        steps=12,
+        batch_size=4,
+        seq_len=64,
+        hidden_size=128,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=256,
+        vocab_size=400,
+        text_chars=300_000,
+        tokenizer_chars=300_000,
+        task_text_samples=2000,
+        warmup_steps=2,
+    )
+    meta = train(cfg, tmp_path, log_every=4, save_every=100)
+    assert meta["steps_done"] == cfg.steps - 1
+    history = json.loads((tmp_path / "training.json").read_text())["history"]
+    assert history[-1]["loss"] < history[0]["loss"] + 1e-6 or history[-1]["loss"] < 7.0
+    ref = load_reference(ModelSpec(str(tmp_path)))
+    ids = ref.tokenizer("12+7=", return_tensors="pt")["input_ids"]
+    assert torch.isfinite(ref.model(input_ids=ids).logits).all()
+    assert ref.model.config.num_hidden_layers == 1
