@@ -93,22 +93,38 @@ def spearman_with_ci(x, y, n_boot: int = 1000, seed: int = 0, level: float = 0.9
     return Estimate(rho, lo, hi, p, len(x))
 
 
+def _rho_p(rx: np.ndarray, ry: np.ndarray) -> tuple[float, float]:
+    """Spearman rho and p from full-sample standardized ranks; p as scipy.spearmanr computes it (t, n-2 df)."""
+    n = len(rx)
+    if n < 3 or not (np.isfinite(rx).all() and np.isfinite(ry).all()):
+        return float("nan"), float("nan")
+    rho = float(np.clip(rx @ ry, -1.0, 1.0))
+    if abs(rho) == 1.0:
+        return rho, 0.0
+    t = rho * np.sqrt((n - 2) / ((1.0 - rho) * (1.0 + rho)))
+    return rho, float(2 * stats.t.sf(abs(t), n - 2))
+
+
 def spearman_table(
     xs: dict[str, np.ndarray], ys: dict[str, np.ndarray], n_boot: int, seed: int, level: float = 0.95
 ) -> list[dict]:
-    """rho/p/CI for every (x, y) pair on one set of quants: ranks of each resample are computed once per column."""
+    """rho/p/CI for every (x, y) pair on one set of quants: ranks (full sample and each resample) are computed once
+    per column, so a 1,000-quant cohort with dozens of variants and targets costs seconds."""
     out: list[dict] = []
     n = len(next(iter(xs.values()))) if xs else 0
+    every = np.arange(n)[None, :]
     idx = bootstrap_indices(n, n_boot, seed) if n >= 3 and n_boot > 0 else None
-    y_ranks = {k: _standardized_ranks(np.asarray(v, float), idx) for k, v in ys.items()} if idx is not None else {}
+    y_full = {k: _standardized_ranks(np.asarray(v, float), every)[0] for k, v in ys.items()}
+    y_boot = {k: _standardized_ranks(np.asarray(v, float), idx) for k, v in ys.items()} if idx is not None else {}
     for xname, x in xs.items():
         x = np.asarray(x, float)
-        x_rank = _standardized_ranks(x, idx) if idx is not None else None
-        for yname, y in ys.items():
-            rho, p = spearman(x, y)
+        x_full = _standardized_ranks(x, every)[0]
+        x_boot = _standardized_ranks(x, idx) if idx is not None else None
+        for yname in ys:
+            rho, p = _rho_p(x_full, y_full[yname])
             lo = hi = float("nan")
-            if x_rank is not None and np.isfinite(rho):
-                lo, hi = percentile_ci(np.einsum("ij,ij->i", x_rank, y_ranks[yname]), level)
+            if x_boot is not None and np.isfinite(rho):
+                lo, hi = percentile_ci(np.einsum("ij,ij->i", x_boot, y_boot[yname]), level)
             out.append({"x": xname, "y": yname, **Estimate(rho, lo, hi, p, n).to_dict()})
     return out
 
