@@ -164,3 +164,24 @@ def test_cohort_input_errors():
         Cohort(c.table, [], c.tasks, "reference")
     with pytest.raises(AnalysisInputError, match="primary variant 'nope'"):
         analyze(c, AnalysisConfig(primary_variant="nope", n_boot=0, progress=False))
+
+
+def test_variant_selection():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from quantfid.analysis.analyze import PAPER14, select_variants
+
+    # the paper's list lives in conf/fidelity/variants/paper14.yaml (importing quantfid.fidelity would pull in torch)
+    conf = Path(__file__).parents[2] / "conf" / "fidelity" / "variants" / "paper14.yaml"
+    assert list(PAPER14) == list(OmegaConf.load(conf).names)
+    avail = ["kld_mean@code.256", "kld_mean_se@code.256", "kld_mean@prose.256", "top1_agree@code.256"]
+    assert select_variants(avail, "all") == ["kld_mean@code.256", "kld_mean@prose.256", "top1_agree@code.256"]
+    assert select_variants(avail, "kld_mean") == ["kld_mean@code.256", "kld_mean@prose.256"]
+    assert select_variants(avail, "top1_agree@code.256,kld_mean@code.256") == [
+        "top1_agree@code.256",
+        "kld_mean@code.256",
+    ]
+    with pytest.raises(AnalysisInputError, match="are not in the cohort"):
+        select_variants(avail, "paper14")

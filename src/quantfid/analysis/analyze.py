@@ -30,6 +30,7 @@ class AnalysisConfig:
     kld_column: str = "kld_completion"
     max_router_pairs: int = 2000
     primary_variant: str | None = None
+    variants: str = "all"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -70,10 +71,41 @@ def pick_primary_variant(cohort: Cohort, requested: str | None) -> str:
     return cohort.variants[0]
 
 
+PAPER14 = (
+    *(f"{s}@code.256" for s in ("kld_mean", "kld_median", "kld_p90", "kld_p99", "kld_max", "kld_seqmean", "ppl_quant",
+                                "ppl_ratio", "ln_ppl_ratio", "ppl_diff", "top1_agree")),
+    "kld_mean@prose.256", "kld_mean@tasks.256", "kld_mean@code.128",
+)  # fmt: skip  # the paper's 14 (mirrors quantfid.fidelity.variants.PAPER_VARIANTS; a test keeps them equal)
+
+
+def select_variants(available: list[str], spec: str) -> list[str]:
+    """Which fidelity variants to analyse.
+
+    ``all``: every variant except standard errors (``*_se``: uncertainty of a statistic, not a fidelity measure);
+    ``paper14``: the paper's 14 (all must be present); else a comma-separated list of variant names, where a bare
+    statistic (``kld_mean``) selects it at every measured setting.
+    """
+    if spec == "all":
+        return [v for v in available if not v.split("@")[0].endswith("_se")]
+    wanted = list(PAPER14) if spec == "paper14" else [w.strip() for w in spec.split(",") if w.strip()]
+    out, missing = [], []
+    for w in wanted:
+        hit = [v for v in available if v == w or ("@" not in w and v.split("@")[0] == w)]
+        (out.extend(hit) if hit else missing.append(w))
+    if missing or not out:
+        raise AnalysisInputError(
+            f"variants {missing or wanted} are not in the cohort (spec {spec!r}); available: {available[:30]}"
+        )
+    return list(dict.fromkeys(out))
+
+
 def analyze(cohort: Cohort, config: AnalysisConfig | None = None) -> AnalysisResult:
     """Silent zone, correlations (both zones), volume/direction, failure prediction and router on one cohort."""
     config = config or AnalysisConfig()
     t0 = time.perf_counter()
+    chosen = select_variants(cohort.variants, config.variants)
+    if chosen != cohort.variants:
+        cohort = Cohort(cohort.table, chosen, cohort.tasks, cohort.reference, cohort.outcomes, cohort.source)
     order = list(cohort.table.index)
     quants = cohort.quants
     notes: list[str] = []

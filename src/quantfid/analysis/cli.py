@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-prompt KLD for failure prediction and the router",
     )
     an.add_argument("--max-router-pairs", type=int, default=2000, help="router pairs (seeded sample beyond this)")
+    an.add_argument(
+        "--variants",
+        default="all",
+        help="fidelity variants: all (every fid.* stat x setting but standard errors), paper14, or a "
+        "comma list of names / bare stats (default all)",
+    )
     an.add_argument("--primary-variant", help="variant for the scatter plots (default: the first mean-KLD variant)")
     out = p.add_argument_group("output")
     out.add_argument("--out", default="analysis-report", help="output directory (default ./analysis-report)")
@@ -162,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             silent=SilentZoneConfig(args.silent_zone, args.correction, args.alpha, args.correction_scope, args.band,
                                     args.level),
             n_boot=args.n_boot, seed=args.seed, level=args.level, kld_column=args.kld_column,
-            max_router_pairs=args.max_router_pairs, primary_variant=args.primary_variant,
+            max_router_pairs=args.max_router_pairs, primary_variant=args.primary_variant, variants=args.variants,
             progress=not args.no_progress,
         )  # fmt: skip
         cohort = load_from_args(args)

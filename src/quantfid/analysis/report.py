@@ -22,6 +22,7 @@ from quantfid.analysis.analyze import AnalysisResult
 from quantfid.analysis.cohort import COMPOSITE, SCORE_PREFIX
 
 SILENT_COLOR, OUTSIDE_COLOR, REF_COLOR = "#1f77b4", "#d62728", "#444444"
+MAX_PLOTTED_VARIANTS = 40
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -69,6 +70,13 @@ def plot_rho_per_variant(res: AnalysisResult, path: Path) -> Path:
     targets = [f"score.{COMPOSITE}", f"volume.{COMPOSITE}", f"direction.{COMPOSITE}"]
     targets = [tg for tg in targets if (c["target"] == tg).any()]
     variants = sorted(c["variant"].unique())
+    if len(variants) > MAX_PLOTTED_VARIANTS:  # keep the figure readable: the paper's 14 first, then by |rho|
+        from quantfid.analysis.analyze import PAPER14
+
+        full = c[(c["zone"] == "full") & (c["target"] == targets[0])].set_index("variant")["rho"].abs()
+        rest = full.drop([v for v in PAPER14 if v in full.index]).sort_values(ascending=False, na_position="last")
+        keep = [v for v in PAPER14 if v in full.index] + list(rest.index)
+        variants = sorted(keep[:MAX_PLOTTED_VARIANTS])
     fig, axes = plt.subplots(
         1, len(targets), figsize=(4.2 * len(targets) + 1.5, 0.28 * len(variants) + 1.6), sharey=True, squeeze=False
     )
@@ -247,6 +255,12 @@ def write_report(res: AnalysisResult, out_dir: str | Path) -> dict[str, Path]:
     )
     parts.append("<h2>Correlations (Spearman rho, p, percentile bootstrap 95% CI over quants)</h2>")
     parts.append(_img(paths["rho_per_variant"], "rho per variant"))
+    n_var = res.correlations["variant"].nunique()
+    if n_var > MAX_PLOTTED_VARIANTS:
+        parts.append(
+            f"<p><i>The plot shows {MAX_PLOTTED_VARIANTS} of {n_var} variants (the paper's 14 first, then "
+            "by |rho| over the full cohort); the tables list all.</i></p>"
+        )
     for tg in [f"score.{COMPOSITE}", f"volume.{COMPOSITE}", f"direction.{COMPOSITE}"]:
         if (res.correlations["target"] == tg).any():
             parts.append(f"<h3>vs {tg}</h3>" + _table(_corr_frame(res.correlations, tg)))
