@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+import quantfid
 from quantfid.models.loading import ModelSpec, Reference, load_reference
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,9 @@ def load_reference_stage(spec: ModelSpec) -> Reference:
     return load_reference(spec)
 
 
+_LAST_QUANT: dict[str, QuantStageResult] = {}
+
+
 def quantize_stage(ref: Reference, quant_cfg: Mapping[str, Any], quant_name: str) -> QuantStageResult:
     """Quantize the loaded reference with the backend registry (``quantfid.quant.quantize``).
 
@@ -60,8 +65,12 @@ def quantize_stage(ref: Reference, quant_cfg: Mapping[str, Any], quant_name: str
     from quantfid.quant import quantize
 
     cfg = {"name": quant_name, **dict(quant_cfg)}
+    key = json.dumps({"ref": ref.fingerprint, "quant": cfg}, sort_keys=True, default=str)
+    if key in _LAST_QUANT:  # the next fidelity setting of the same quant (the sweep's inner loop)
+        return _LAST_QUANT[key]
+    _LAST_QUANT.clear()  # one quantized model in memory at a time
     qm = quantize(ref.spec, cfg, reference=ref)
-    return QuantStageResult(
+    _LAST_QUANT[key] = QuantStageResult(
         model=qm.model,
         name=str(qm.name),
         config=dict(qm.config),
@@ -71,6 +80,7 @@ def quantize_stage(ref: Reference, quant_cfg: Mapping[str, Any], quant_name: str
         is_reference=str(qm.config.get("backend")) in ("reference", "none"),
         extra={"verification": getattr(qm, "verification", {})},
     )
+    return _LAST_QUANT[key]
 
 
 def validate_quant_stage(quant_cfg: Mapping[str, Any], quant_name: str) -> dict[str, Any]:
@@ -102,14 +112,7 @@ def bench_stage(ref: Reference, quant: QuantStageResult, bench_cfg: Mapping[str,
     The cache is what makes a sweep over fidelity settings cheap: the outcomes of one quant do not depend on the
     fidelity setting, so the second setting of the same quant reads them back instead of generating again.
     """
-    key = hashlib.sha256(
-        json.dumps(
-            {"quant": f"reference:{ref.fingerprint}" if quant.is_reference else quant.fingerprint, "bench": bench_cfg},
-            sort_keys=True,
-            default=str,
-        ).encode()
-    ).hexdigest()[:24]
-    path = cache_dir / "outcomes" / f"{key}.parquet"
+    path = _outcome_cache_path(ref, quant, bench_cfg, cache_dir, "outcomes")
     if path.exists():
         return pd.read_parquet(path)
     from quantfid.bench import run_tasks
@@ -117,11 +120,29 @@ def bench_stage(ref: Reference, quant: QuantStageResult, bench_cfg: Mapping[str,
     tasks = list(bench_cfg.get("tasks") or [])
     limit = bench_cfg.get("limit")
     outcomes = run_tasks(quant.model, ref.tokenizer, tasks, max_prompts=int(limit) if limit else None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{id(outcomes)}.tmp")
-    outcomes.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    _write_atomic(outcomes, path)
     return outcomes
+
+
+def _outcome_cache_path(
+    ref: Reference, quant: QuantStageResult, bench_cfg: Mapping[str, Any], cache_dir: Path, kind: str
+) -> Path:
+    from quantfid.bench.registry import find_task_file
+
+    who = f"reference:{ref.fingerprint}" if quant.is_reference else quant.fingerprint
+    # The task files are part of the key: editing a task (prompts, scoring) must not reuse old outcomes.
+    files = {t: hashlib.sha256(find_task_file(t).read_bytes()).hexdigest() for t in bench_cfg.get("tasks") or []}
+    payload = {"quant": who, "bench": dict(bench_cfg), "task_files": files, "version": quantfid.__version__}
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
+    return cache_dir / "outcomes" / f"{key.hexdigest()[:24]}.{kind}.parquet"
+
+
+def _write_atomic(df: pd.DataFrame, path: Path) -> None:
+    """Write then rename: a worker killed mid-write leaves no half file for the next one to trust."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)
 
 
 def tokenizer_fp(ref: Reference) -> str:
@@ -154,6 +175,9 @@ def per_prompt_kld_stage(
     if "prompt" not in out:
         log.warning("the bench stage gave no prompt texts: kld_prompt/kld_completion stay NaN")
         return out
+    path = _outcome_cache_path(ref, quant, bench_cfg, cache_dir, "kld")
+    if path.exists():
+        return pd.read_parquet(path)
     from quantfid.fidelity import per_prompt_kld
 
     ref_out = bench_stage(ref, reference_as_quant(ref), bench_cfg, cache_dir)
@@ -163,4 +187,5 @@ def per_prompt_kld_stage(
     )
     out["kld_prompt"] = [p for p, _ in pairs]
     out["kld_completion"] = [c for _, c in pairs]
+    _write_atomic(out, path)
     return out

@@ -1,22 +1,33 @@
-"""Track stage: MLflow store set-up and checks, run identity, the tracking schema (docs/schema.md), resume/skip."""
+"""Track stage: MLflow store set-up and checks, run identity, the tracking schema (docs/schema.md), resume/skip.
 
-from quantfid.tracking.identity import model_source_fingerprint, run_identity, semantic_config
-from quantfid.tracking.runs import SCHEMA_VERSION, bench_metrics, find_finished, flatten, params_for
-from quantfid.tracking.store import Store, StoreError, check_store, default_uri, resolve_store, setup_experiment
+Names are imported lazily: ``python -m quantfid.tracking.team`` must not pay for torch and transformers.
+"""
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "Store",
-    "StoreError",
-    "bench_metrics",
-    "check_store",
-    "default_uri",
-    "find_finished",
-    "flatten",
-    "model_source_fingerprint",
-    "params_for",
-    "resolve_store",
-    "run_identity",
-    "semantic_config",
-    "setup_experiment",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "model_source_fingerprint": "quantfid.tracking.identity",
+    "run_identity": "quantfid.tracking.identity",
+    "semantic_config": "quantfid.tracking.identity",
+    "SCHEMA_VERSION": "quantfid.tracking.runs",
+    "bench_metrics": "quantfid.tracking.runs",
+    "find_finished": "quantfid.tracking.runs",
+    "flatten": "quantfid.tracking.runs",
+    "params_for": "quantfid.tracking.runs",
+    "Store": "quantfid.tracking.store",
+    "StoreError": "quantfid.tracking.store",
+    "check_store": "quantfid.tracking.store",
+    "default_uri": "quantfid.tracking.store",
+    "resolve_store": "quantfid.tracking.store",
+    "setup_experiment": "quantfid.tracking.store",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'quantfid.tracking' has no attribute {name!r}")
