@@ -61,3 +61,53 @@ def rtn_quantize_(
         module.weight.copy_(rtn_fake_quant(module.weight, b, group_size, symmetric))
         changed.append(name)
     return changed
+
+
+# --- the RTN backend: the functions above behind the registry's interface -------------------------------------------
+
+
+def rtn_storage_bits(weight_shape: tuple[int, int], bits: int, group_size: int, symmetric: bool) -> int:
+    """Bits of the packed format RTN stands for: ``bits``-bit codes plus an fp16 scale per group (and an fp16 minimum
+    when asymmetric), i.e. GGUF Q4_0 / Q4_1 at group 32."""
+    out_features, in_features = weight_shape
+    g = in_features if group_size in (0, -1) else group_size
+    groups = out_features * (in_features // g)
+    return out_features * in_features * bits + groups * (16 if symmetric else 32)
+
+
+def _rtn_backend(spec, cfg, reference):  # registered in quantfid.quant.backends (keeps this module import-light)
+    import copy
+
+    from quantfid.quant.base import BackendResult, QuantConfigError, target_modules
+
+    opts = cfg.options
+    model = copy.deepcopy(reference.model)
+    targets = target_modules(model, opts["skip"])
+    modules = dict(model.named_modules())
+    overrides = opts["overrides"] or {}
+    g = opts["group_size"]
+    for t in targets:
+        in_features = modules[t].in_features
+        if g not in (0, -1) and in_features % g:
+            raise QuantConfigError(
+                f"quant.group_size={g} does not divide in_features={in_features} of module {t!r}; allowed here: "
+                f"divisors of every quantized layer's input width, or -1 (one group per row)"
+            )
+    changed = rtn_quantize_(model, opts["bits"], g, opts["symmetric"], skip=tuple(opts["skip"]), overrides=overrides)
+    bits_of = {t: next((v for p, v in overrides.items() if fnmatch.fnmatch(t, p)), opts["bits"]) for t in changed}
+    ref_modules = dict(reference.model.named_modules())
+
+    def is_quantized(name: str, module: nn.Module) -> bool:
+        if name not in bits_of or not isinstance(module, nn.Linear):
+            return False
+        w = module.weight
+        if torch.equal(w, ref_modules[name].weight):
+            return False
+        # every group holds at most 2^bits distinct values: the weight really sits on the grid
+        group = w[0, : (w.shape[1] if g in (0, -1) else g)]
+        return torch.unique(group).numel() <= 2 ** bits_of[name]
+
+    def storage_bits(name: str, module: nn.Module) -> int:
+        return rtn_storage_bits(tuple(module.weight.shape), bits_of[name], g, opts["symmetric"])
+
+    return BackendResult(model=model, targets=targets, is_quantized=is_quantized, storage_bits=storage_bits)

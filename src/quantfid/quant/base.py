@@ -1,0 +1,256 @@
+"""The backend registry, :func:`quantize` and the verification that a quant really is one.
+
+Every backend turns (model spec, validated config, loaded reference) into a model and says which modules it meant to
+change and how to recognise a changed one (by class or weight tensor type, never by dtype alone: quanto and torchao
+weights report float32). :func:`quantize` then verifies: every intended module changed, no skipped module changed,
+and the logits on a probe batch differ from the reference's. A config that silently fell back to full precision is
+an error, not a data point.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from quantfid.models.loading import ModelSpec, Reference, load_reference
+from quantfid.quant.config import SCHEMAS, QuantConfig, QuantConfigError, quant_fingerprint, validate_quant_config
+from quantfid.quant.storage import model_bits, module_tensors, tensor_bits
+
+log = logging.getLogger(__name__)
+
+PROBE_TEXT = (
+    "def mean(values):\n    total = 0\n    for v in values:\n        total += v\n    return total / len(values)\n"
+    "Q: 7 * 8 = ? A: 56\nreverse: stone -> enots\n"
+)
+
+
+class QuantUnavailableError(RuntimeError):
+    """The config is valid but cannot run here (needs CUDA, or an optional library); the message says what to do."""
+
+
+class QuantVerificationError(RuntimeError):
+    """The loaded quant is not what the config asked for (e.g. a silent fallback to full precision)."""
+
+
+@dataclass
+class BackendResult:
+    """What a backend hands back: the model and how to recognise its quantized modules."""
+
+    model: nn.Module
+    targets: list[str]  # module names the config meant to quantize
+    is_quantized: Callable[[str, nn.Module], bool]
+    code_bits: dict[str, int] = field(default_factory=dict)  # module name -> code width, for unpacked code tensors
+    storage_bits: Callable[[str, nn.Module], int] | None = None  # override for fake-quant backends (RTN)
+
+
+class Backend(Protocol):
+    def __call__(self, spec: ModelSpec, cfg: QuantConfig, reference: Reference) -> BackendResult: ...
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register(name: str) -> Callable[[Backend], Backend]:
+    """Register a backend under ``name`` (which must have a schema in :data:`quantfid.quant.config.SCHEMAS`)."""
+
+    def wrap(fn: Backend) -> Backend:
+        if name not in SCHEMAS:
+            raise KeyError(f"backend {name!r} has no schema in quantfid.quant.config.SCHEMAS")
+        BACKENDS[name] = fn
+        return fn
+
+    return wrap
+
+
+@dataclass
+class QuantizedModel:
+    """A loaded, verified quant. ``model`` is in eval mode; run it under ``torch.no_grad`` (not ``inference_mode``:
+    quanto int4/int2 fail there)."""
+
+    model: nn.Module
+    name: str
+    config: dict[str, Any]
+    fingerprint: str
+    bits_per_weight: float
+    model_bytes: int
+    verification: dict[str, Any]
+    reference_fingerprint: str = ""
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def target_modules(model: nn.Module, skip: list[str]) -> list[str]:
+    """The ``nn.Linear`` modules a config quantizes: all of them but those matching a ``skip`` glob."""
+    return [n for n in linear_names(model) if not any(fnmatch.fnmatch(n, p) for p in skip)]
+
+
+@contextmanager
+def capture_transformers_log():
+    """Collect transformers' log lines while loading: a failed conversion's cause is only in its LOAD REPORT."""
+    lines: list[str] = []
+
+    class _H(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = _H(level=logging.WARNING)
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+
+
+def load_failure(cfg: QuantConfig, err: Exception, lines: list[str]) -> QuantUnavailableError:
+    """One error with the cause dug out of the load report (the exception alone says 'issues during conversion')."""
+    causes = [
+        ln.strip()
+        for text in lines
+        for ln in text.splitlines()
+        if any(k in ln for k in ("Error", "Requires", "requires", "not supported", "No module"))
+    ]
+    cause = "; ".join(dict.fromkeys(causes[:6])) or str(err)
+    return QuantUnavailableError(f"quant={cfg.name!r} (backend {cfg.backend!r}) failed to load: {cause}")
+
+
+def probe_batch(reference: Reference) -> torch.Tensor:
+    ids = reference.tokenizer(PROBE_TEXT, return_tensors="pt")["input_ids"]
+    max_pos = getattr(reference.model.config, "max_position_embeddings", 256) or 256
+    return ids[:, : min(ids.shape[1], max_pos)]
+
+
+@torch.no_grad()
+def probe_logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    device = next(model.parameters()).device
+    return model(input_ids=ids.to(device)).logits.float().cpu()
+
+
+def _weight_type(module: nn.Module) -> str:
+    weight = getattr(module, "weight", None)
+    if weight is None:
+        weight = getattr(module, "W_q", None)
+    return type(weight).__name__
+
+
+def verify(
+    cfg: QuantConfig, result: BackendResult, reference: Reference, ref_logits: torch.Tensor, ids: torch.Tensor
+) -> dict[str, Any]:
+    """Check every intended module changed, no other did, and the logits moved; return what was seen."""
+    modules = dict(result.model.named_modules())
+    ref_linears = set(linear_names(reference.model))
+    missing = [t for t in result.targets if t not in modules]
+    if missing:
+        raise QuantVerificationError(f"quant={cfg.name!r}: intended modules missing after load: {missing[:5]}")
+    unchanged = [t for t in result.targets if not result.is_quantized(t, modules[t])]
+    if unchanged:
+        raise QuantVerificationError(
+            f"quant={cfg.name!r} (backend {cfg.backend!r}): {len(unchanged)} of {len(result.targets)} intended "
+            f"modules were left in full precision (silent fallback), e.g. {unchanged[:4]}; classes "
+            f"{sorted({type(modules[t]).__name__ for t in unchanged})}"
+        )
+    skipped = sorted(ref_linears - set(result.targets))
+    leaked = [s for s in skipped if s in modules and result.is_quantized(s, modules[s])]
+    if leaked:
+        raise QuantVerificationError(f"quant={cfg.name!r}: modules meant to be skipped were quantized: {leaked[:4]}")
+    logits = probe_logits(result.model, ids)
+    diff = (logits - ref_logits).abs()
+    top1 = (logits.argmax(-1) == ref_logits.argmax(-1)).float().mean().item()
+    ref_lp, q_lp = ref_logits.log_softmax(-1), logits.log_softmax(-1)
+    kld = (ref_lp.exp() * (ref_lp - q_lp)).sum(-1).mean().item()
+    if not torch.isfinite(logits).all():
+        raise QuantVerificationError(f"quant={cfg.name!r}: non-finite logits on the probe batch")
+    if result.targets and diff.max().item() == 0.0:
+        raise QuantVerificationError(
+            f"quant={cfg.name!r}: logits equal the reference's bit for bit although {len(result.targets)} modules "
+            "were quantized: the quantized weights are not used in the forward pass"
+        )
+    if not result.targets and diff.max().item() != 0.0:
+        raise QuantVerificationError(f"quant={cfg.name!r}: nothing was to change but the logits differ")
+    classes = Counter(f"{type(modules[t]).__name__}/{_weight_type(modules[t])}" for t in result.targets)
+    return {
+        "n_intended": len(result.targets),
+        "n_quantized": len(result.targets) - len(unchanged),
+        "skipped": skipped,
+        "module_types": dict(classes),
+        "probe_tokens": int(ids.numel()),
+        "logits_max_abs_diff": float(diff.max().item()),
+        "logits_mean_abs_diff": float(diff.mean().item()),
+        "probe_kld_mean": float(kld),
+        "probe_top1_agree": float(top1),
+    }
+
+
+def account(result: BackendResult, reference: Reference) -> tuple[float, int, dict[str, Any]]:
+    """(effective bits per quantized weight, model bytes, details) from the tensors the quant holds."""
+    modules = dict(result.model.named_modules())
+    ref_modules = dict(reference.model.named_modules())
+    code_bits = {t: (ref_modules[t].weight.numel(), result.code_bits[t]) for t in result.code_bits}
+    quant_bits, weights = 0, 0
+    for t in result.targets:
+        weights += ref_modules[t].weight.numel()
+        if result.storage_bits is not None:
+            quant_bits += result.storage_bits(t, modules[t])
+        else:
+            numel, bits = code_bits.get(t, (None, None))
+            quant_bits += sum(tensor_bits(x, numel, bits) for n, x in module_tensors(modules[t]) if n != "bias")
+    total = model_bits(result.model, code_bits)
+    if result.storage_bits is not None:  # fake quant: swap the float weights' bits for the packed format's
+        total += sum(result.storage_bits(t, modules[t]) - tensor_bits(modules[t].weight) for t in result.targets)
+    n_params = sum(p.numel() for p in reference.model.parameters())
+    bpw = quant_bits / weights if weights else float(next(reference.model.parameters()).element_size() * 8)
+    return bpw, total // 8, {"quantized_weights": weights, "model_bits_per_param": total / n_params}
+
+
+def quantize(
+    spec: ModelSpec, cfg: Mapping[str, Any] | QuantConfig, reference: Reference | None = None
+) -> QuantizedModel:
+    """Validate ``cfg``, build the quant of ``spec`` with its backend, verify it and account its size.
+
+    ``reference`` (the loaded unquantized model, from :func:`quantfid.models.load_reference`) is loaded from ``spec``
+    when not given; pass it when quantizing a cohort so it is loaded once.
+    """
+    qc = validate_quant_config(cfg)
+    reason = qc.gpu_only_reason()
+    if reason and not spec.device.startswith("cuda"):
+        raise QuantUnavailableError(
+            f"quant={qc.name!r} is GPU-only: {reason}. Run it with model.device=cuda on a CUDA machine, or choose a "
+            "CPU-capable config."
+        )
+    if qc.backend not in BACKENDS:
+        raise QuantConfigError(
+            f"quant.backend={qc.backend!r} has no registered implementation; have {sorted(BACKENDS)}"
+        )
+    if reference is None:
+        reference = load_reference(spec)
+    started = time.perf_counter()
+    ids = probe_batch(reference)
+    ref_logits = probe_logits(reference.model, ids)
+    result = BACKENDS[qc.backend](spec, qc, reference)
+    result.model.eval()
+    seconds = time.perf_counter() - started
+    verification = verify(qc, result, reference, ref_logits, ids)
+    bpw, nbytes, details = account(result, reference)
+    verification.update(details, quantize_seconds=round(seconds, 3))
+    log.info("quant %s: %.3f bits/weight, %d bytes, %s", qc.name, bpw, nbytes, verification["module_types"])
+    return QuantizedModel(
+        model=result.model,
+        name=qc.name,
+        config=qc.resolved,
+        fingerprint=quant_fingerprint(qc, reference.fingerprint),
+        bits_per_weight=float(bpw),
+        model_bytes=int(nbytes),
+        verification=verification,
+        reference_fingerprint=reference.fingerprint,
+    )

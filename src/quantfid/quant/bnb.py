@@ -1,0 +1,44 @@
+"""bitsandbytes through transformers' ``BitsAndBytesConfig``: LLM.int8() and 4-bit NF4/FP4 (+ double quant)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from quantfid.models.loading import DTYPES, ModelSpec, Reference
+from quantfid.quant.base import BackendResult, register
+from quantfid.quant.config import QuantConfig
+from quantfid.quant.hf_common import load_quantized, not_convert_patterns, split_targets
+
+
+def bnb_quantization_config(cfg: QuantConfig, keep: list[str]):
+    from transformers import BitsAndBytesConfig
+
+    o = cfg.options
+    if o["bits"] == 8:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=not_convert_patterns(keep))
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=o["quant_type"],
+        bnb_4bit_use_double_quant=o["double_quant"],
+        bnb_4bit_compute_dtype=DTYPES[o["compute_dtype"]],
+        llm_int8_skip_modules=not_convert_patterns(keep),
+    )
+
+
+@register("bnb")
+def bnb_backend(spec: ModelSpec, cfg: QuantConfig, reference: Reference) -> BackendResult:
+    import bitsandbytes as bnb
+
+    targets, keep = split_targets(reference, cfg)
+    model = load_quantized(spec, cfg, bnb_quantization_config(cfg, keep))
+    cls, param, dtype = (
+        (bnb.nn.Linear8bitLt, bnb.nn.Int8Params, torch.int8)
+        if cfg.options["bits"] == 8
+        else (bnb.nn.Linear4bit, bnb.nn.Params4bit, torch.uint8)
+    )
+
+    def is_quantized(name: str, module: nn.Module) -> bool:
+        return isinstance(module, cls) and isinstance(module.weight, param) and module.weight.dtype == dtype
+
+    return BackendResult(model=model, targets=targets, is_quantized=is_quantized)
