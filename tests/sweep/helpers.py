@@ -24,8 +24,8 @@ def build_tiny_model(out: Path) -> Path:
     tok = train_tokenizer(texts * 3, vocab_size=320)
     cfg = LlamaConfig(
         vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=128,
+        intermediate_size=256,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=4,
