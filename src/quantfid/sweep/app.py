@@ -11,6 +11,7 @@ Each job: load reference -> quantize -> measure fidelity -> run benchmarks -> tr
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -39,5 +40,34 @@ def main(cfg: DictConfig) -> dict:
     return run_job(cfg)
 
 
-if __name__ == "__main__":
+def check_overrides(argv: list[str]) -> str | None:
+    """The error for a command-line override that does not parse, naming it (Hydra's own message does not)."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    known, _ = get_args_parser().parse_known_args(argv)
+    parser = OverridesParser.create()
+    for override in known.overrides or []:
+        try:
+            parser.parse_overrides([override])
+        except OverrideParseException as err:
+            return (
+                f"error: the override {override!r} does not parse: {err.message.splitlines()[0]}. Write key=value, "
+                "key=a,b,c to sweep, or quote a value holding brackets/commas: 'key=\"[a,b]\"'. Grammar: "
+                "https://hydra.cc/docs/advanced/override_grammar/basic/"
+            )
+    return None
+
+
+def cli() -> None:
+    """Console entry point: refuse an unparsable override with one clear line, then hand over to Hydra."""
+    problem = check_overrides(sys.argv[1:])
+    if problem:
+        print(problem, file=sys.stderr)
+        raise SystemExit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()

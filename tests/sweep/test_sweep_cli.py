@@ -1,0 +1,201 @@
+"""The real `quantfid-sweep -m` multirun on a real sqlite MLflow store: schema, SIGKILL + resume, FAILED, bad input."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from helpers import FINISHED_BY_IDENTITY, REPO, SWEEP_BIN, run_rows, run_sweep, sweep_env
+
+pytestmark = pytest.mark.slow
+
+SMOKE = ["-m", "experiment=smoke"]
+
+
+def _model(tiny_model: Path) -> str:
+    return f"model.name_or_path={tiny_model}"
+
+
+def _finished_jobs(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        rows = run_rows(
+            db,
+            "select count(*) from runs r join tags t on t.run_uuid = r.run_uuid "
+            "where t.key = 'quantfid.role' and t.value in ('quant', 'reference') and r.status = 'FINISHED'",
+        )
+    except Exception:  # tables not created yet
+        return 0
+    return rows[0][0]
+
+
+def test_smoke_sweep_killed_resumed_and_skipped(tiny_model, tmp_path):
+    run_dir = tmp_path / "runs"
+    db = run_dir / "mlflow.db"
+    # 1. start the sweep, SIGKILL it as soon as its first job is FINISHED
+    proc = subprocess.Popen(
+        ["nice", "-n", "15", SWEEP_BIN, *SMOKE, _model(tiny_model)],
+        cwd=REPO,
+        env=sweep_env(run_dir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    while _finished_jobs(db) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished_before = _finished_jobs(db)
+    assert 1 <= finished_before < 3, "the sweep must have been killed mid-way for this test to mean anything"
+
+    # 2. rerun: completes only what is missing, no duplicate FINISHED identity
+    res = run_sweep([*SMOKE, _model(tiny_model)], run_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"{3 - finished_before} finished, {finished_before} skipped" in res.stdout + res.stderr
+    per_identity = dict(run_rows(db, FINISHED_BY_IDENTITY))
+    assert len(per_identity) == 3 and set(per_identity.values()) == {1}
+    # the killed job's run is left as it was (RUNNING), not counted, and not FINISHED twice
+    statuses = [s for (s,) in run_rows(db, "select status from runs")]
+    assert statuses.count("FINISHED") == 3 + 1  # three jobs + the second sweep's parent run
+    assert statuses.count("RUNNING") >= 1  # the first sweep's parent (and maybe the killed job)
+
+    # 3. everything is in the store, in the schema's shape
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("quantfid-smoke")
+    runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
+    sweep = [r for r in runs if r.data.tags["quantfid.role"] == "sweep"]
+    jobs = [r for r in runs if r.data.tags["quantfid.role"] in ("quant", "reference")]
+    assert len(sweep) == 1 and len(jobs) == 3
+    assert sweep[0].data.tags["quantfid.jobs.skipped"] == str(finished_before)
+    names = {r.data.tags["quantfid.quant_name"] for r in jobs}
+    assert names == {"reference", "rtn_w8_g128", "rtn_w2_g64"}
+    for r in jobs:
+        t, p, m = r.data.tags, r.data.params, r.data.metrics
+        assert t["quantfid.schema_version"] == "1" and t["mlflow.parentRunId"]
+        for key in ("sweep_id", "run_identity", "reference_fingerprint", "tokenizer_fingerprint", "quant_fingerprint"):
+            assert t[f"quantfid.{key}"], key
+        assert t["quantfid.git_commit"] and t["quantfid.versions.mlflow"] == mlflow.__version__
+        assert p["model.name_or_path"] == str(tiny_model) and p["fidelity.corpus"] == "code"
+        assert p["fidelity.context"] == "128" and p["quant.backend"] in ("reference", "rtn")
+        for k in ("fid.kld_mean", "fid.ppl_ratio", "fid.top1_agree", "bench.composite.acc", "quant.bits_per_weight"):
+            assert k in m, k
+        assert m["bench.organism.arith.n"] == 3 and m["bench.organism.choice.n"] == 3
+        table = pd.read_parquet(
+            io.BytesIO(
+                Path(
+                    mlflow.artifacts.download_artifacts(
+                        run_id=r.info.run_id,
+                        artifact_path="outcomes/outcomes.parquet",
+                        tracking_uri=client.tracking_uri,
+                    )
+                ).read_bytes()
+            )
+        )
+        assert list(table.columns[:8]) == [
+            "task",
+            "prompt_id",
+            "prompt_hash",
+            "output",
+            "passed",
+            "score",
+            "kld_prompt",
+            "kld_completion",
+        ]
+        assert len(table) == 6 and table["kld_prompt"].notna().all()
+        assert {a.path for a in client.list_artifacts(r.info.run_id, "config")} == {"config/resolved.yaml"}
+    ref = next(r for r in jobs if r.data.tags["quantfid.role"] == "reference")
+    w2 = next(r for r in jobs if r.data.tags["quantfid.quant_name"] == "rtn_w2_g64")
+    assert ref.data.metrics["fid.kld_mean"] == 0.0 and w2.data.metrics["fid.kld_mean"] > 0
+    assert ref.data.params["quant.backend"] == "reference" and w2.data.params["quant.bits"] == "2"
+    # outputs under Hydra's sweep dir
+    assert len(list((run_dir / "multirun").rglob("outcomes.parquet"))) >= 3
+
+    # 4. a third run has nothing left to do
+    res = run_sweep([*SMOKE, _model(tiny_model)], run_dir)
+    assert res.returncode == 0 and "0 finished, 3 skipped" in res.stdout + res.stderr
+    assert set(dict(run_rows(db, FINISHED_BY_IDENTITY)).values()) == {1}
+
+
+def test_one_failed_job_is_recorded_and_the_sweep_goes_on(tiny_model, tmp_path):
+    run_dir = tmp_path / "runs"
+    # group_size 48 divides no layer of the model: that job fails in the quant stage, the other one runs
+    res = run_sweep(
+        ["-m", "experiment=smoke", "quant=rtn_w2_g64", "quant.group_size=48,32", _model(tiny_model)], run_dir
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "1 finished, 0 skipped (already FINISHED), 1 failed" in res.stderr
+    rows = run_rows(
+        run_dir / "mlflow.db",
+        "select r.status, t.value from runs r join tags t on t.run_uuid = r.run_uuid and t.key = 'quantfid.error'",
+    )
+    assert len(rows) == 1 and rows[0][0] == "FAILED" and "group_size=48" in rows[0][1]
+    statuses = sorted(s for (s,) in run_rows(run_dir / "mlflow.db", "select status from runs"))
+    assert statuses == ["FAILED", "FINISHED", "FINISHED"]  # failed job, good job, the sweep's parent
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_workers(tiny_model, tmp_path):
+    run_dir = tmp_path / "runs"
+    res = run_sweep([*SMOKE, "hydra/launcher=parallel", "quant=reference,rtn_w8_g128", _model(tiny_model)], run_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "2 finished" in res.stdout + res.stderr
+    rows = run_rows(
+        run_dir / "mlflow.db",
+        "select count(distinct t.value) from runs r join tags t on t.run_uuid = r.run_uuid "
+        "where t.key = 'mlflow.parentRunId' and r.status = 'FINISHED'",
+    )
+    assert rows[0][0] == 1  # both workers' runs are children of the one sweep run
+
+
+def test_submitit_local_launcher(tiny_model, tmp_path):
+    run_dir = tmp_path / "runs"
+    res = run_sweep([*SMOKE, "hydra/launcher=slurm_local", "quant=rtn_w2_g64", _model(tiny_model)], run_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "1 finished" in res.stdout + res.stderr
+    assert list((run_dir / "multirun").rglob("*_submitted.pkl")), "submitit did not run the job"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["-m", "experiment=no_such_preset"], "Could not find 'experiment/no_such_preset'"),
+        (["-m", "experiment=smoke", "quant=[reference,"], "error: the override 'quant=[reference,' does not parse"),
+        (["-m", "experiment=smoke", "tracking.uri=http://127.0.0.1:9"], "'http://127.0.0.1:9' is unreachable"),
+    ],
+)
+def test_bad_input_gives_one_clear_error_before_any_model_work(args, needle, tmp_path):
+    res = run_sweep(args, tmp_path / "runs", timeout=300)
+    assert res.returncode != 0
+    assert needle in res.stderr
+    assert "Traceback" not in res.stderr and "Loading weights" not in res.stderr
+    assert not list((tmp_path / "runs").rglob("outcomes.parquet"))
+
+
+def test_no_write_permission_on_the_store(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if os.geteuid() == 0:  # root ignores permission bits; the immutable attribute binds root too
+        made = subprocess.run(["chattr", "+i", str(locked)], capture_output=True)
+        if made.returncode:
+            pytest.skip(f"running as root and chattr +i is not available here: {made.stderr.decode().strip()}")
+    else:
+        locked.chmod(0o555)
+    try:
+        res = run_sweep(
+            ["experiment=smoke", f"tracking.uri=sqlite:///{locked}/store/mlflow.db"], tmp_path / "runs", timeout=300
+        )
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(locked)], check=True)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "no write permission" in res.stderr and str(locked) in res.stderr
+    assert "Traceback" not in res.stderr
