@@ -185,3 +185,16 @@ def test_variant_selection():
     ]
     with pytest.raises(AnalysisInputError, match="are not in the cohort"):
         select_variants(avail, "paper14")
+
+
+def test_empty_silent_zone_gives_undefined_correlations_and_a_note():
+    table = pd.DataFrame(
+        {"kld": [0, 0.1, 0.2, 0.3], "score.composite": [0.9, 0.5, 0.4, 0.3], "n.composite": [1000] * 4},
+        index=["reference", "a", "b", "c"],
+    )
+    cfg = AnalysisConfig(n_boot=50, progress=False, silent=SilentZoneConfig(method="delta", band=0.01))
+    res = analyze(Cohort(table, ["kld"], [], "reference"), cfg)
+    assert res.summary["silent_zone"]["n_silent"] == 0
+    silent = [r for r in res.summary["correlations"] if r["zone"] == "silent"]
+    assert silent and all(r["rho"] is None and r["n"] == 0 for r in silent)
+    assert any("silent zone holds 0" in n for n in res.summary["notes"])

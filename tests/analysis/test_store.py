@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -143,3 +144,15 @@ def test_silent_zone_counts_change_with_correction(cohort):
     holm = analyze(cohort, AnalysisConfig(n_boot=0, progress=False))
     assert none.summary["silent_zone"]["n_silent"] <= holm.summary["silent_zone"]["n_silent"]
     assert none.correlations["ci_low"].isna().all()  # n_boot=0 -> no bootstrap CI
+
+
+def test_download_path_matches_in_place_read(store, cohort, monkeypatch):
+    """Remote stores go through mlflow.artifacts.download_artifacts in a thread pool: same table as in place."""
+    from quantfid.analysis import query
+
+    monkeypatch.setattr(query, "_local_path", lambda uri: None)
+    remote = load_cohort(store.uri, store.experiment, [store.sweep_id], max_workers=4, progress=False)
+    cols = ["quant", "task", "prompt_id", "passed", "kld_completion"]
+    a = remote.outcomes[cols].sort_values(cols[:3]).reset_index(drop=True)
+    b = cohort.outcomes[cols].sort_values(cols[:3]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)

@@ -9,7 +9,6 @@ refused: the quants would not be measured against the same thing.
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -177,7 +176,7 @@ def _local_path(artifact_uri: str) -> Path | None:
     return None
 
 
-def _read_outcomes(run_id: str, artifact_uri: str, tracking_uri: str | None) -> pd.DataFrame | None:
+def _read_outcomes(run_id: str, artifact_uri: str, tracking_uri: str | None, tmp: str) -> pd.DataFrame | None:
     local = _local_path(artifact_uri)
     if local is not None:
         path = local / OUTCOMES_PATH
@@ -188,7 +187,7 @@ def _read_outcomes(run_id: str, artifact_uri: str, tracking_uri: str | None) -> 
 
         try:
             path = Path(mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=OUTCOMES_PATH, dst_path=tempfile.mkdtemp(prefix="quantfid-"),
+                run_id=run_id, artifact_path=OUTCOMES_PATH, dst_path=tempfile.mkdtemp(dir=tmp),
                 tracking_uri=tracking_uri))  # fmt: skip
         except Exception:  # absent artifact on a remote store: the caller tries the quant's next run
             return None
@@ -199,8 +198,6 @@ def _read_outcomes(run_id: str, artifact_uri: str, tracking_uri: str | None) -> 
     if missing:
         raise AnalysisInputError(f"run {run_id}: {OUTCOMES_PATH} lacks column(s) {missing} (schema v1)")
     frame = pq.read_table(path, columns=[c for c in _READ_COLUMNS if c in names]).to_pandas()
-    if local is None:
-        os.remove(path)
     return frame
 
 
@@ -226,14 +223,14 @@ def load_cohort(
 
         def fetch(q: str) -> pd.DataFrame | None:
             for rid in candidates[q]:
-                f = _read_outcomes(rid, uri_of[rid], tracking_uri)
+                f = _read_outcomes(rid, uri_of[rid], tracking_uri, tmp)
                 if f is not None:
                     f.insert(0, "quant", q)
                     return f
             return None
 
         quants = list(table.index)
-        with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        with tempfile.TemporaryDirectory(prefix="quantfid-outcomes-") as tmp, ThreadPoolExecutor(max_workers) as pool:
             frames = list(
                 tqdm(
                     pool.map(fetch, quants),

@@ -112,6 +112,9 @@ def spearman_table(
     per column, so a 1,000-quant cohort with dozens of variants and targets costs seconds."""
     out: list[dict] = []
     n = len(next(iter(xs.values()))) if xs else 0
+    if n < 3:  # no correlation is defined on fewer than 3 quants (e.g. an empty silent zone)
+        nan = float("nan")
+        return [{"x": x, "y": y, **Estimate(nan, nan, nan, nan, n).to_dict()} for x in xs for y in ys]
     every = np.arange(n)[None, :]
     idx = bootstrap_indices(n, n_boot, seed) if n >= 3 and n_boot > 0 else None
     y_full = {k: _standardized_ranks(np.asarray(v, float), every)[0] for k, v in ys.items()}
