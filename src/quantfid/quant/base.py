@@ -164,7 +164,13 @@ def verify(
     leaked = [s for s in skipped if s in modules and result.is_quantized(s, modules[s])]
     if leaked:
         raise QuantVerificationError(f"quant={cfg.name!r}: modules meant to be skipped were quantized: {leaked[:4]}")
-    logits = probe_logits(result.model, ids)
+    try:
+        logits = probe_logits(result.model, ids)
+    except Exception as err:  # a quant that cannot run a forward pass is broken, whatever the library says
+        raise QuantVerificationError(
+            f"quant={cfg.name!r} (backend {cfg.backend!r}): forward pass on the probe batch failed: "
+            f"{type(err).__name__}: {err}"
+        ) from err
     diff = (logits - ref_logits).abs()
     top1 = (logits.argmax(-1) == ref_logits.argmax(-1)).float().mean().item()
     ref_lp, q_lp = ref_logits.log_softmax(-1), logits.log_softmax(-1)

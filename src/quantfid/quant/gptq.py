@@ -33,7 +33,7 @@ def gptq_backend(spec: ModelSpec, cfg: QuantConfig, reference: Reference) -> Bac
 
     o = cfg.options
     targets, keep = split_targets(reference, cfg)
-    if keep != [n for n in keep if n == "lm_head"]:
+    if keep != ["lm_head"]:
         raise QuantConfigError(
             f"quant.skip={o['skip']!r}: the gptq backend quantizes every decoder-block Linear and never lm_head; "
             "allowed: ['lm_head']"
