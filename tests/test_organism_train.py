@@ -33,3 +33,10 @@ def test_short_training_run_saves_a_loadable_model(tmp_path):
     ids = ref.tokenizer("12+7=", return_tensors="pt")["input_ids"]
     assert torch.isfinite(ref.model(input_ids=ids).logits).all()
     assert ref.model.config.num_hidden_layers == 1
+    more = train(
+        TrainConfig(steps=3, batch_size=2, seq_len=64, text_chars=100_000, warmup_steps=1, init_from=str(tmp_path)),
+        tmp_path / "continued",
+        log_every=1,
+    )
+    assert more["continued_from"]["steps_done"] == meta["steps_done"]
+    assert load_reference(ModelSpec(str(tmp_path / "continued"))).model.config.hidden_size == 128

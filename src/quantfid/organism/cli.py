@@ -31,7 +31,8 @@ RTN_BITS = (8, 6, 4, 3, 2)
 def _train(args: argparse.Namespace) -> int:
     from quantfid.organism.train import TrainConfig, train
 
-    cfg = TrainConfig(seed=args.seed, steps=args.steps, max_minutes=args.minutes)
+    init = str(organism_path()) if args.init_from == "organism" else args.init_from
+    cfg = TrainConfig(seed=args.seed, steps=args.steps, max_minutes=args.minutes, init_from=init)
     meta = train(cfg, Path(args.out))
     print(json.dumps({k: v for k, v in meta.items() if k != "history"}, indent=1))
     return 0
@@ -135,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="train the organism from scratch")
     p.add_argument("--out", required=True, help="output directory (model, tokenizer, training.json)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=2400, help="optimizer steps (batch 32 x 256 tokens)")
+    p.add_argument("--steps", type=int, default=12000, help="optimizer steps (batch 16 x 256 tokens)")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget; the schedule ends at either limit")
+    p.add_argument("--init-from", default=None, help="continue training a saved organism ('organism' or a directory)")
     p.set_defaults(func=_train)
     p = sub.add_parser("export", help="copy a trained organism into the package")
     p.add_argument("--from", dest="source", required=True)

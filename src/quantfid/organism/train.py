@@ -34,19 +34,21 @@ class TrainConfig:
     seed: int = 0
     steps: int = 12000
     max_minutes: float | None = None  # stop early on wall-clock; the schedule follows whichever ends first
-    batch_size: int = 8
+    batch_size: int = 16
     seq_len: int = 256
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 768
     vocab_size: int = 2048
-    text_fraction: float = 0.1
+    text_fraction: float = 0.2
     muon_lr: float = 0.02
+    muon_weight_decay: float = 0.1  # keeps weight (and attention-logit) scale bounded under Muon
     adam_lr: float = 3e-3
     warmup_steps: int = 100
     cooldown_fraction: float = 0.3
     threads: int = 2
+    init_from: str | None = None  # continue from a saved organism (its tokenizer and architecture win)
     tokenizer_chars: int = 4_000_000
     text_chars: int | None = None  # cap on stdlib text read (None: all of the train split); for quick tests
     task_text_samples: int = 20000  # task instances mixed into the tokenizer's training text
@@ -143,7 +145,7 @@ def _lr_factor(progress: float, step: int, cfg: TrainConfig) -> float:
 
 
 def train(cfg: TrainConfig, out_dir: Path, log_every: int = 50, save_every: int = 300) -> dict:
-    """Train from scratch and save model, tokenizer and ``training.json`` to ``out_dir``."""
+    """Train (from scratch, or on from ``cfg.init_from``) and save model, tokenizer and ``training.json``."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     _muon._zeropower_via_newtonschulz = _newton_schulz_float32
@@ -153,14 +155,22 @@ def train(cfg: TrainConfig, out_dir: Path, log_every: int = 50, save_every: int 
     task_text = "\n".join(
         i.prompt + i.answer for i in itertools.islice(tasks.training_stream(cfg.seed + 1), cfg.task_text_samples)
     )
-    tokenizer = train_tokenizer([text[: cfg.tokenizer_chars], task_text], vocab_size=cfg.vocab_size)
+    if cfg.init_from:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(cfg.init_from)
+        model = LlamaForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
+        previous = Path(cfg.init_from) / "training.json"
+        earlier = json.loads(previous.read_text()) if previous.exists() else None
+    else:
+        tokenizer = train_tokenizer([text[: cfg.tokenizer_chars], task_text], vocab_size=cfg.vocab_size)
+        model = LlamaForCausalLM(make_model_config(cfg, tokenizer))
+        earlier = None
+    model.train()
     text_ids = np.array(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int32)
 
-    model = LlamaForCausalLM(make_model_config(cfg, tokenizer))
     matrices = [p for n, p in model.model.layers.named_parameters() if p.ndim == 2]
     others = [p for p in model.parameters() if all(p is not m for m in matrices)]
     optimizers = [
-        torch.optim.Muon(matrices, lr=cfg.muon_lr, momentum=0.95, weight_decay=0.0),
+        torch.optim.Muon(matrices, lr=cfg.muon_lr, momentum=0.95, weight_decay=cfg.muon_weight_decay),
         torch.optim.AdamW(others, lr=cfg.adam_lr, betas=(0.9, 0.95), weight_decay=0.0),
     ]
     base_lrs = [cfg.muon_lr, cfg.adam_lr]
@@ -222,6 +232,7 @@ def train(cfg: TrainConfig, out_dir: Path, log_every: int = 50, save_every: int 
         "tasks_version": tasks.TASKS_VERSION,
         "torch": torch.__version__,
         "history": history,
+        "continued_from": earlier and {k: v for k, v in earlier.items() if k != "history"},
     }
     (out_dir / "training.json").write_text(json.dumps(meta, indent=1))
     return meta
