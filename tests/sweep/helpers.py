@@ -53,10 +53,10 @@ def sweep_env(run_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_sweep(args: list[str], run_dir: Path, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+def run_sweep(args: list[str], run_dir: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
     """The installed `quantfid-sweep` console script, in a subprocess, as a user runs it."""
     return subprocess.run(
-        ["nice", "-n", "15", SWEEP_BIN, *args],
+        [SWEEP_BIN, *args],
         cwd=REPO,
         env=sweep_env(run_dir, **env),
         capture_output=True,

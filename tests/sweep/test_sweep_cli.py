@@ -41,7 +41,7 @@ def test_smoke_sweep_killed_resumed_and_skipped(tiny_model, tmp_path):
     db = run_dir / "mlflow.db"
     # 1. start the sweep, SIGKILL it as soon as its first job is FINISHED
     proc = subprocess.Popen(
-        ["nice", "-n", "15", SWEEP_BIN, *SMOKE, _model(tiny_model)],
+        [SWEEP_BIN, *SMOKE, _model(tiny_model)],
         cwd=REPO,
         env=sweep_env(run_dir),
         stdout=subprocess.DEVNULL,

@@ -1,0 +1,38 @@
+# quantfid: the organism study (sweep + analysis) in a container. CPU-only; no hub access needed.
+#   docker build -t quantfid .
+#   docker run --rm -v "$PWD/runs:/app/runs" quantfid                 # the main job; results in ./runs
+#   docker run --rm -p 5000:5000 -v "$PWD/runs:/app/runs" quantfid \
+#       .venv/bin/mlflow ui --backend-store-uri sqlite:////app/runs/mlflow.db --host 0.0.0.0   # browse them
+FROM python:3.11-slim-bookworm
+
+# DL3064: TOKENIZERS_PARALLELISM is a tokenizers switch, not a secret.
+# hadolint ignore=DL3064
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HUB_OFFLINE=1 \
+    TOKENIZERS_PARALLELISM=false
+
+# git: provenance tags (quantfid.git_commit); postgresql-client: team mode from inside the container.
+# DL3008: bookworm's own versions of two client tools; pinning them would break on every point release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git postgresql-client \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+# torch from the CPU index first: a bare `torch` pulls a multi-GB CUDA build.
+RUN python -m venv .venv \
+    && .venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
+COPY pyproject.toml README.md ./
+COPY src ./src
+COPY mlflow_plugins ./mlflow_plugins
+COPY conf ./conf
+COPY scripts ./scripts
+# Editable install: `quantfid-sweep` reads its Hydra configs from /app/conf next to the sources.
+RUN .venv/bin/pip install -e ".[quant,bench,launchers,team]" \
+    && touch .venv/.quantfid-installed
+
+ENV PATH="/app/.venv/bin:${PATH}"
+CMD ["bash", "scripts/main.sh"]
