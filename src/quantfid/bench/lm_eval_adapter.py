@@ -32,6 +32,14 @@ def _output_of(sample: dict[str, Any]) -> str:
     return first if isinstance(first, str) else str(first)
 
 
+def _expected_of(sample: dict[str, Any]) -> str:
+    """The target as text: for multiple choice lm-eval logs the right choice's index, so give its continuation."""
+    target, args = sample["target"], sample["arguments"]
+    if isinstance(target, int) and len(args) > 1 and 0 <= target < len(args):
+        return str(args[target][1])
+    return str(target)
+
+
 def _metric_of(sample: dict[str, Any], wanted: str) -> str:
     names = list(sample.get("metrics", []))
     if wanted:
@@ -63,7 +71,7 @@ def samples_to_outcomes(
                     "score": value,
                     "task_version": version,
                     "prompt": context,
-                    "expected": str(sample["target"]),
+                    "expected": _expected_of(sample),
                     "detail": name,
                 }
             )

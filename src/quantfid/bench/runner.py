@@ -172,6 +172,10 @@ def run_task(
             desc=f"{task.name} generate",
         )
         results = _score_generated(task, prompts, outputs)
+    return _frame(task, prompts, outputs, results)
+
+
+def _frame(task: Task, prompts: list[Prompt], outputs: list[str], results: list[tuple[bool, float, str]]):
     return pd.DataFrame(
         {
             "task": task.name,
@@ -186,6 +190,22 @@ def run_task(
             "detail": [r[2] for r in results],
         }
     )
+
+
+def score_outputs(task_name: str, outputs: Sequence[str], *, max_prompts: int | None = None) -> pd.DataFrame:
+    """Score given outputs (one per prompt, in task order) of a generation task, e.g. completions made elsewhere
+    or HumanEval's canonical solutions: the same scoring and table as :func:`run_tasks`, without a model."""
+    task = load_task(task_name)
+    if task.scoring.type not in ("exact", "execute"):
+        raise TaskConfigError(
+            f"task {task.name!r} is scored by {task.scoring.type!r}; only generation tasks "
+            "(exact, execute) can score given outputs"
+        )
+    prompts = load_prompts(task, max_prompts)
+    if len(outputs) != len(prompts):
+        raise TaskConfigError(f"task {task.name!r} has {len(prompts)} prompts but {len(outputs)} outputs were given")
+    outputs = list(outputs)
+    return _frame(task, prompts, outputs, _score_generated(task, prompts, outputs))
 
 
 def run_tasks(

@@ -1,0 +1,213 @@
+"""The registry runner: outcomes identical to the organism evaluator, bad input errors, choice scoring, the cache."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from quantfid.bench import (
+    OUTCOME_COLUMNS,
+    PromptTooLongError,
+    TaskConfigError,
+    reference_outcomes,
+    run_tasks,
+    summarize,
+)
+from quantfid.bench.cache import outcome_cache_path
+from quantfid.bench.registry import load_task
+from quantfid.bench.scoring import generate_greedy, generate_until
+from quantfid.organism import tasks as organism_tasks
+from quantfid.organism.evaluate import EVAL_SEED, score_tasks
+
+
+class ForwardCounter:
+    def __init__(self, model):
+        self.calls = 0
+        self.handle = model.register_forward_hook(self)
+
+    def __call__(self, *args):
+        self.calls += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def assert_same_as_score_tasks(model, tok, n):
+    for family in organism_tasks.FAMILIES:
+        ours = run_tasks(model, tok, [f"organism/{family}"], max_prompts=n)
+        theirs = score_tasks(model, tok, organism_tasks.heldout_set(family, 200, EVAL_SEED)[:n])
+        assert ours["task"].tolist() == theirs["task"].tolist()
+        assert ours["prompt_hash"].tolist() == theirs["prompt_hash"].tolist()
+        assert ours["output"].tolist() == theirs["output"].tolist(), family
+        assert ours["expected"].tolist() == theirs["expected"].tolist()
+        assert ours["passed"].tolist() == theirs["passed"].tolist(), family
+
+
+@pytest.mark.slow
+def test_organism_tasks_reproduce_score_tasks_on_a_random_model(tiny):
+    assert_same_as_score_tasks(*tiny, n=16)
+
+
+@pytest.mark.slow
+def test_organism_tasks_reproduce_score_tasks_on_the_organism(organism):
+    assert_same_as_score_tasks(*organism, n=64)
+
+
+def test_outcome_table_columns_and_summary(tiny):
+    model, tok = tiny
+    df = run_tasks(model, tok, ["organism/arith", "organism/choice"], max_prompts=5)
+    assert tuple(df.columns[: len(OUTCOME_COLUMNS)]) == OUTCOME_COLUMNS
+    assert len(df) == 10 and df["passed"].dtype == bool and df["score"].dtype == float
+    assert df["prompt_id"].tolist() == [str(i) for i in range(5)] * 2
+    assert set(df.loc[df.task == "organism/choice", "output"]) <= {
+        c for i in organism_tasks.heldout_set("choice", 5, EVAL_SEED) for c in i.choices
+    }
+    summary = summarize(df)
+    assert set(summary) == {
+        "bench.organism.arith.acc",
+        "bench.organism.arith.n",
+        "bench.organism.choice.acc",
+        "bench.organism.choice.n",
+        "bench.composite.acc",
+    }
+    assert summary["bench.composite.acc"] == pytest.approx(df["passed"].mean())
+
+
+def test_generate_until_matches_generate_greedy_and_stops_early(tiny):
+    model, tok = tiny
+    prompts = [i.prompt for i in organism_tasks.heldout_set("lookup", 12, EVAL_SEED)]
+    assert generate_until(model, tok, prompts, 16, ("\n",), batch_size=5) == generate_greedy(
+        model, tok, prompts, 16, batch_size=5
+    )
+    # a stop set that every first token hits: each batch needs one decoding step instead of 16
+    chars = sorted({c for i in range(len(tok)) for c in tok.decode([i])} - {""})
+    with ForwardCounter(model) as full:
+        generate_until(model, tok, prompts, 16, (), batch_size=12)
+    with ForwardCounter(model) as early:
+        outs = generate_until(model, tok, prompts, 16, tuple(chars), batch_size=12)
+    assert full.calls == 16 and early.calls <= 2
+    assert all(o == "" for o in outs)  # cut before the first stop string
+
+
+def test_unknown_task_fails_before_any_model_work(tiny):
+    model, tok = tiny
+    with ForwardCounter(model) as calls, pytest.raises(TaskConfigError, match=r"unknown task 'nope'.*organism/arith"):
+        run_tasks(model, tok, ["organism/arith", "nope"])
+    assert calls.calls == 0
+    with pytest.raises(TaskConfigError, match="no task names"):
+        run_tasks(model, tok, [])
+
+
+def test_prompt_longer_than_the_context_is_one_clear_error(tiny):
+    model, tok = tiny
+    with pytest.raises(PromptTooLongError, match=r"task 'organism/lookup', prompt '0' .*does not fit the context of 8"):
+        run_tasks(model, tok, ["organism/lookup"], max_prompts=3, context_limit=8)
+    with pytest.raises(PromptTooLongError, match=r"organism/choice.*for its longest choice"):
+        run_tasks(model, tok, ["organism/choice"], max_prompts=3, context_limit=24)
+    # by default the model's own context (max_position_embeddings=256) applies: HumanEval's long prompts overflow
+    with pytest.raises(PromptTooLongError, match=r"task 'humaneval', prompt 'HumanEval/\d+'.*context of 256"):
+        run_tasks(model, tok, ["humaneval"])
+
+
+def test_generation_is_capped_by_the_context(tiny):
+    model, tok = tiny
+    prompt = organism_tasks.heldout_set("arith", 1, EVAL_SEED)[0].prompt
+    n = len(tok(prompt)["input_ids"])
+    with ForwardCounter(model) as calls:
+        generate_until(model, tok, [prompt], 32, (), context_limit=n + 3)
+    assert calls.calls == 3
+
+
+def _loglik(model, tok, prompt: str, cont: str) -> tuple[float, int]:
+    """Independent float64 log-likelihood of ``cont`` after ``prompt``, one sequence at a time."""
+    p = tok(prompt)["input_ids"]
+    c = tok(cont, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p + c])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits.double()[0]
+    logp = torch.log_softmax(logits, -1)
+    return sum(logp[len(p) - 1 + k, t].item() for k, t in enumerate(c)), len(c)
+
+
+@pytest.mark.parametrize("norm", ["none", "tokens", "bytes"])
+def test_choice_scoring_against_an_independent_float64_loglikelihood(tiny, tmp_path, monkeypatch, norm):
+    model, tok = tiny
+    records = []
+    for i, inst in enumerate(organism_tasks.heldout_set("choice", 12, EVAL_SEED)):
+        choices = [*inst.choices[:3], " 1234567"]  # one long choice so the normalisations disagree
+        records.append({"id": f"q{i}", "prompt": inst.prompt, "choices": choices, "answer_index": inst.answer_index})
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    task = {
+        "name": "local/mc",
+        "version": 1,
+        "source": {"type": "jsonl", "path": "data.jsonl"},
+        "scoring": {"type": "choice", "length_normalization": norm},
+        "generation": {"batch_size": 5},
+    }
+    (tmp_path / "mc.yaml").write_text(yaml.safe_dump(task))
+    monkeypatch.setenv("QUANTFID_TASK_PATH", str(tmp_path))
+    df = run_tasks(model, tok, ["mc"])
+    assert df["prompt_id"].tolist() == [r["id"] for r in records]
+    for rec, (_, row) in zip(records, df.iterrows(), strict=True):
+        values = []
+        for c in rec["choices"]:
+            lp, n = _loglik(model, tok, rec["prompt"], c)
+            values.append({"none": lp, "tokens": lp / n, "bytes": lp / len(c.encode())}[norm])
+        assert json.loads(row["detail"]) == pytest.approx(values, abs=1e-4)
+        pick = max(range(len(values)), key=lambda k: values[k])
+        assert row["output"] == rec["choices"][pick]
+        assert row["passed"] == (pick == rec["answer_index"])
+
+
+def test_exact_scoring_normalisation_on_local_data(tiny, tmp_path, monkeypatch):
+    model, tok = tiny
+    prompts = ["1+1=", "2+2="]
+    greedy = generate_greedy(model, tok, prompts, 4)
+    # answers the model's own outputs, up to case and whitespace: lower_strip passes them, none does not
+    recs = [{"prompt": p, "answer": "  " + g.upper() + " "} for p, g in zip(prompts, greedy, strict=True)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    for how in ("lower_strip", "none"):
+        task = {
+            "name": f"local/{how}",
+            "version": 1,
+            "source": {"type": "jsonl", "path": "data.jsonl"},
+            "scoring": {"type": "exact", "normalize": how},
+            "generation": {"max_new_tokens": 4},
+        }
+        (tmp_path / f"{how}.yaml").write_text(yaml.safe_dump(task))
+        monkeypatch.setenv("QUANTFID_TASK_PATH", str(tmp_path))
+        df = run_tasks(model, tok, [how])
+        assert df["output"].tolist() == greedy
+        if how == "lower_strip":
+            assert df["passed"].tolist() == [g.strip().lower() == g.upper().strip().lower() for g in greedy]
+        else:
+            assert df["passed"].tolist() == [False, False]
+
+
+def test_reference_outcomes_are_computed_once_and_reused(tiny, tmp_path, monkeypatch):
+    model, tok = tiny
+    monkeypatch.setenv("QUANTFID_CACHE", str(tmp_path / "cache"))
+    names = ["organism/arith", "organism/choice"]
+    with ForwardCounter(model) as first:
+        a = reference_outcomes(model, tok, "fp0123", names, max_prompts=4)
+    with ForwardCounter(model) as second:
+        b = reference_outcomes(model, tok, "fp0123", names, max_prompts=4)
+    assert first.calls > 0 and second.calls == 0
+    pd.testing.assert_frame_equal(a, b)
+    path = outcome_cache_path("fp0123", load_task("organism/arith"), 4, None)
+    assert path.is_file() and path.parent.parent.name == "fp0123" and path.name.startswith("v1-")
+    assert not list(path.parent.glob("*.tmp"))
+    # another fingerprint or another prompt count is another entry
+    with ForwardCounter(model) as third:
+        reference_outcomes(model, tok, "fp9999", names[:1], max_prompts=4)
+        reference_outcomes(model, tok, "fp0123", names[:1], max_prompts=3)
+    assert third.calls > 0
+    with pytest.raises(ValueError, match="fingerprint"):
+        reference_outcomes(model, tok, "", names)
