@@ -144,3 +144,28 @@ def test_mean_t_ci():
     ref = stats.ttest_1samp(v, 0.5)
     assert est.value == pytest.approx(v.mean())
     assert est.p == pytest.approx(ref.pvalue)
+
+
+def test_row_versions_match_scipy_per_row():
+    from quantfid.analysis.stats import auroc_rows, welch_log_ratio_rows
+
+    rng = np.random.default_rng(7)
+    v = np.round(rng.normal(size=(6, 80)), 1)  # ties
+    a = rng.random((6, 80)) < 0.4
+    b = ~a & (rng.random((6, 80)) < 0.8)
+    a[5] = False  # a row with an empty group -> NaN, no error
+    w = welch_log_ratio_rows(v, a, b)
+    r = auroc_rows(v, a, b)
+    for i in range(5):
+        t = stats.ttest_ind(v[i, a[i]], v[i, b[i]], equal_var=False)
+        ci = t.confidence_interval()
+        d = v[i, a[i]].mean() - v[i, b[i]].mean()
+        assert w["value"][i] == pytest.approx(np.exp(d), rel=1e-12)
+        assert (w["ci_low"][i], w["ci_high"][i]) == pytest.approx((np.exp(ci.low), np.exp(ci.high)), rel=1e-9)
+        assert w["p"][i] == pytest.approx(t.pvalue, rel=1e-9)
+        mw = stats.mannwhitneyu(v[i, a[i]], v[i, b[i]], method="asymptotic")
+        single = auroc(v[i, a[i]], v[i, b[i]])
+        assert r["value"][i] == pytest.approx(single.value, abs=1e-12)
+        assert (r["ci_low"][i], r["ci_high"][i]) == pytest.approx((single.ci_low, single.ci_high), abs=1e-12)
+        assert r["p"][i] == pytest.approx(mw.pvalue, rel=1e-9)
+    assert np.isnan(w["value"][5]) and np.isnan(r["value"][5])

@@ -8,12 +8,14 @@ the geometric mean of per-quant ratios and the mean AUROC with a one-sample t CI
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from quantfid.analysis.cohort import TaskMatrix
-from quantfid.analysis.stats import auroc, log_ratio_ci, mean_t_ci
+from quantfid.analysis.stats import auroc_rows, log_ratio_ci, mean_t_ci, welch_log_ratio_rows
 
 KLD_FLOOR = 1e-10  # per-prompt KLD <= 0 (float rounding) is floored here before taking logs; the count is reported
 
@@ -30,37 +32,17 @@ def failure_prediction(
     finite = np.isfinite(kld)
     n_floored = int((finite & (kld <= KLD_FLOOR)).sum())
     logk = np.log(np.maximum(np.where(finite, kld, np.nan), KLD_FLOOR))
-    rows = []
-    for i, q in enumerate(tqdm(quants, desc="failure prediction", disable=not progress, leave=False)):
-        ok = finite[i]
-        fail, pas = ok & ~passed[i], ok & passed[i]
-        lost, kept = fail & ref, pas & ref
-        r_all = log_ratio_ci(logk[i, fail], logk[i, pas], level)
-        a_all = auroc(logk[i, fail], logk[i, pas], level)
-        r_lost = log_ratio_ci(logk[i, lost], logk[i, kept], level)
-        a_lost = auroc(logk[i, lost], logk[i, kept], level)
-        rows.append(
-            {
-                "quant": q,
-                "n_failed": int(fail.sum()),
-                "n_passed": int(pas.sum()),
-                "gm_ratio": r_all.value,
-                "gm_ratio_ci_low": r_all.ci_low,
-                "gm_ratio_ci_high": r_all.ci_high,
-                "auroc": a_all.value,
-                "auroc_ci_low": a_all.ci_low,
-                "auroc_ci_high": a_all.ci_high,
-                "n_lost": int(lost.sum()),
-                "n_kept": int(kept.sum()),
-                "gm_ratio_lost": r_lost.value,
-                "gm_ratio_lost_ci_low": r_lost.ci_low,
-                "gm_ratio_lost_ci_high": r_lost.ci_high,
-                "auroc_lost": a_lost.value,
-                "auroc_lost_ci_low": a_lost.ci_low,
-                "auroc_lost_ci_high": a_lost.ci_high,
-            }
-        )
-    per_quant = pd.DataFrame(rows).set_index("quant")
+    fail, pas = finite & ~passed, finite & passed
+    lost, kept = fail & ref[None, :], pas & ref[None, :]
+    cols: dict[str, np.ndarray] = {"n_failed": fail.sum(axis=1), "n_passed": pas.sum(axis=1),
+                                   "n_lost": lost.sum(axis=1), "n_kept": kept.sum(axis=1)}  # fmt: skip
+    parts = [("gm_ratio", welch_log_ratio_rows, fail, pas), ("auroc", auroc_rows, fail, pas),
+             ("gm_ratio_lost", welch_log_ratio_rows, lost, kept), ("auroc_lost", auroc_rows, lost, kept)]  # fmt: skip
+    for name, fn, a, b in tqdm(parts, desc="failure prediction", disable=not progress, leave=False):
+        est = fn(logk, a, b, level)
+        cols[name], cols[f"{name}_ci_low"], cols[f"{name}_ci_high"] = est["value"], est["ci_low"], est["ci_high"]
+        cols[f"{name}_p"] = est["p"]
+    per_quant = pd.DataFrame(cols, index=pd.Index(quants, name="quant"))
     cohort = {}
     for key in ("gm_ratio", "gm_ratio_lost"):
         est = mean_t_ci(np.log(per_quant[key].to_numpy(float)), level)
@@ -81,7 +63,9 @@ def failure_prediction(
     pooled = log_ratio_ci(logk[fail_all], logk[pass_all], level)
     cohort["pooled_gm_ratio"] = pooled.value
     cohort["n_kld_floored"] = n_floored
-    centred = logk - np.nanmedian(logk, axis=1, keepdims=True)  # within-quant: removes between-quant KLD level
+    with warnings.catch_warnings():  # a quant without any per-prompt KLD has an all-NaN row: its median is NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        centred = logk - np.nanmedian(logk, axis=1, keepdims=True)  # within quant: removes its KLD level
     return {
         "per_quant": per_quant,
         "cohort": cohort,

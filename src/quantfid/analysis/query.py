@@ -176,7 +176,8 @@ def _local_path(artifact_uri: str) -> Path | None:
     return None
 
 
-def _read_outcomes(run_id: str, artifact_uri: str, tracking_uri: str | None, tmp: str) -> pd.DataFrame | None:
+def _read_outcomes(run_id: str, artifact_uri: str, tracking_uri: str | None, tmp: str):
+    """The run's per-prompt table as a pyarrow Table with normalised types, or None when the run has none."""
     local = _local_path(artifact_uri)
     if local is not None:
         path = local / OUTCOMES_PATH
@@ -191,14 +192,19 @@ def _read_outcomes(run_id: str, artifact_uri: str, tracking_uri: str | None, tmp
                 tracking_uri=tracking_uri))  # fmt: skip
         except Exception:  # absent artifact on a remote store: the caller tries the quant's next run
             return None
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    names = pq.read_schema(path).names
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
     missing = [c for c in ("task", "prompt_id", "passed") if c not in names]
     if missing:
         raise AnalysisInputError(f"run {run_id}: {OUTCOMES_PATH} lacks column(s) {missing} (schema v1)")
-    frame = pq.read_table(path, columns=[c for c in _READ_COLUMNS if c in names]).to_pandas()
-    return frame
+    t = pf.read(columns=[c for c in _READ_COLUMNS if c in names])
+    types = {"task": pa.string(), "prompt_id": pa.string(), "passed": pa.bool_(), "kld_prompt": pa.float64(),
+             "kld_completion": pa.float64()}  # fmt: skip
+    cols = [t.column(c).cast(types[c]) if c in t.column_names else pa.nulls(len(t), types[c]) for c in _READ_COLUMNS]
+    return pa.table(cols, names=_READ_COLUMNS)
 
 
 def load_cohort(
@@ -221,11 +227,10 @@ def load_cohort(
     outcomes = None
     if with_outcomes:
 
-        def fetch(q: str) -> pd.DataFrame | None:
+        def fetch(q: str):
             for rid in candidates[q]:
                 f = _read_outcomes(rid, uri_of[rid], tracking_uri, tmp)
                 if f is not None:
-                    f.insert(0, "quant", q)
                     return f
             return None
 
@@ -248,9 +253,17 @@ def load_cohort(
                     f"quant(s) {lacking[:5]} have no {OUTCOMES_PATH} artifact while others do; re-run them or "
                     "exclude them with --filter"
                 )
-            outcomes = pd.concat(have, ignore_index=True)
-            outcomes["task"] = outcomes["task"].astype(str).str.replace("/", ".", regex=False)
-            outcomes["prompt_id"] = outcomes["prompt_id"].astype(str)
+            import pyarrow as pa
+
+            got = [(q, f) for q, f in zip(quants, frames, strict=True) if f is not None]
+            table_pa = pa.concat_tables([f for _, f in got])
+            qnames = pa.DictionaryArray.from_arrays(
+                pa.array(np.repeat(np.arange(len(got)), [len(f) for _, f in got]), pa.int32()),
+                pa.array([q for q, _ in got], pa.string()),
+            )
+            outcomes = table_pa.add_column(0, "quant", qnames).to_pandas()
+            outcomes["quant"] = outcomes["quant"].astype(str)
+            outcomes["task"] = outcomes["task"].str.replace("/", ".", regex=False)
     sweeps = sorted(runs[f"tags.{TAG}sweep_id"].dropna().unique()) if f"tags.{TAG}sweep_id" in runs else []
     source = {"kind": "mlflow", "tracking_uri": str(tracking_uri), "experiments": experiments, "sweep_ids": sweeps,
               "filter": filter_string, "n_runs": len(runs), "reference_fingerprint": ref_fp,
