@@ -169,6 +169,7 @@ def analyze(cohort: Cohort, config: AnalysisConfig | None = None) -> AnalysisRes
         notes.append(f"the silent zone holds {len(silent_q)} quant(s): fewer than 3: no correlation there")
 
     primary = pick_primary_variant(cohort, config.primary_variant)
+    headline = _headline(corr, primary, failure, router)
     summary = {
         "summary_version": SUMMARY_VERSION,
         "source": cohort.source,
@@ -202,6 +203,7 @@ def analyze(cohort: Cohort, config: AnalysisConfig | None = None) -> AnalysisRes
             "silent_quants": silent_q,
             "per_quant": _records(zone),
         },
+        "headline": headline,
         "correlations": [{k: _clean(v) for k, v in r.items()} for r in corr.to_dict("records")],
         "volume_direction": None
         if flips is None
@@ -222,6 +224,45 @@ def analyze(cohort: Cohort, config: AnalysisConfig | None = None) -> AnalysisRes
         "elapsed_s": round(time.perf_counter() - t0, 3),
     }
     return AnalysisResult(summary, cohort.table, zone, flips, failure, corr, primary)
+
+
+# What the seed paper ("Displacement Is Not Direction", arXiv 2606.19558) reports, shown beside ours for orientation.
+PAPER = {
+    "rho.full.score.composite": "-0.72 / -0.86",
+    "rho.silent.score.composite": "+0.00 / -0.24 (p=0.36)",
+    "rho.silent.volume.composite": "+0.94 / +0.55",
+    "rho.silent.direction.composite": "weak",
+    "failure.gm_ratio": "1.08-1.22",
+    "router.accuracy": "0.423-0.494",
+}
+
+
+def _headline(corr: pd.DataFrame, primary: str, failure: dict | None, router: dict | None) -> list[dict]:
+    """The handful of numbers the paper's claims rest on, for the primary variant, each with its CI."""
+    rows = []
+    for zone, target in (("full", "score.composite"), ("silent", "score.composite"), ("full", "volume.composite"),
+                         ("silent", "volume.composite"), ("silent", "direction.composite")):  # fmt: skip
+        d = corr[(corr["variant"] == primary) & (corr["zone"] == zone) & (corr["target"] == target)]
+        if d.empty:
+            continue
+        r = d.iloc[0]
+        key = f"rho.{zone}.{target}"
+        rows.append({"name": key, "value": _clean(r["rho"]), "ci_low": _clean(r["ci_low"]),
+                     "ci_high": _clean(r["ci_high"]), "p": _clean(r["p"]), "n": _clean(r["n"]),
+                     "paper": PAPER.get(key)})  # fmt: skip
+    if failure is not None:
+        g = failure["cohort"]["gm_ratio"]
+        rows.append({"name": "failure.gm_ratio", "value": g["value"], "ci_low": g["ci_low"], "ci_high": g["ci_high"],
+                     "p": None, "n": g["n_quants"], "paper": PAPER["failure.gm_ratio"]})  # fmt: skip
+        a = failure["cohort"]["auroc"]
+        rows.append({"name": "failure.auroc", "value": _clean(a["value"]), "ci_low": _clean(a["ci_low"]),
+                     "ci_high": _clean(a["ci_high"]), "p": _clean(a["p"]), "n": a["n_quants"],
+                     "paper": None})  # fmt: skip
+    if router is not None:
+        a = router["accuracy"]
+        rows.append({**{k: a[k] for k in ("value", "ci_low", "ci_high", "p", "n")}, "name": "router.accuracy",
+                     "paper": PAPER["router.accuracy"]})  # fmt: skip
+    return rows
 
 
 def _records(frame: pd.DataFrame) -> dict:

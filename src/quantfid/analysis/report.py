@@ -233,6 +233,15 @@ def write_report(res: AnalysisResult, out_dir: str | Path) -> dict[str, Path]:
     )
     for n in s["notes"]:
         parts.append(f"<p class='note'>{html.escape(n)}</p>")
+    if s.get("headline"):
+        h = pd.DataFrame(s["headline"]).set_index("name")
+        h["95% CI"] = [f"[{_fmt(lo)}, {_fmt(hi)}]" for lo, hi in zip(h["ci_low"], h["ci_high"], strict=True)]
+        h = h[["value", "95% CI", "p", "n", "paper"]]
+        h.index.name = f"headline ({res.primary_variant})"
+        parts.append(
+            "<h2>Headline numbers</h2><p>For the primary variant; the paper's values (arXiv 2606.19558) "
+            "are for orientation, measured on other models and cohorts.</p>" + _table(h)
+        )
     parts.append("<h2>Silent zone</h2>")
     if sz["method"] == "mcnemar":
         desc = (
