@@ -11,7 +11,14 @@ import torch
 from scipy import special, stats
 
 from quantfid.fidelity.cache import bad_logits
-from quantfid.fidelity.metrics import aggregate, log_probs, per_token_exact, per_token_topk, tail_logmass
+from quantfid.fidelity.metrics import (
+    aggregate,
+    log_probs,
+    per_token_exact,
+    per_token_topk,
+    sample_tail,
+    tail_logmass,
+)
 
 N, V, K = 400, 300, 20
 TOL = {"rtol": 1e-6, "atol": 1e-6}
@@ -78,6 +85,39 @@ def test_topk_per_token_vs_float64_bucketed(logits):
     assert np.all(per["kld"].numpy() <= exact + 1e-9)
 
 
+def test_sampled_tail_vs_float64_formula_and_unbiased(logits):
+    """Head exact + M tail samples: the k3 identity on the samples; its mean over draws is the exact KL."""
+    ref, quant, targets = logits
+    ids, top_lp, tail, tgt = _topk_cache(ref, targets)
+    lp, lq = log_probs(torch.from_numpy(ref)), log_probs(torch.from_numpy(quant))
+    sids = sample_tail(lp, ids, 16, torch.Generator().manual_seed(0))
+    head = ids.numpy()
+    for row in range(5):  # samples never come from the head
+        assert not set(sids[row].tolist()) & set(head[row].tolist())
+    per = per_token_topk(lq, torch.from_numpy(targets), ids, top_lp, tail, tgt, sids, lp.gather(-1, sids))
+    nlp, nlq = _np_logsoftmax(ref), _np_logsoftmax(quant)
+    p, q = np.exp(nlp), np.exp(nlq)
+    pk, qk = np.take_along_axis(p, head, -1), np.take_along_axis(q, head, -1)
+    pt, qt = 1 - pk.sum(-1), 1 - qk.sum(-1)
+    r = np.take_along_axis(nlp, sids.numpy(), -1) - np.take_along_axis(nlq, sids.numpy(), -1)
+    fwd = special.rel_entr(pk, qk).sum(-1) + pt - qt + pt * (r + np.exp(-r) - 1).mean(-1)
+    rev = special.rel_entr(qk, pk).sum(-1) + qt - pt + pt * (1 - np.exp(-r) * (1 + r)).mean(-1)
+    np.testing.assert_allclose(per["kld"].numpy(), fwd, **TOL)
+    np.testing.assert_allclose(per["kld_rev"].numpy(), rev, **TOL)
+    # unbiased: averaged over many independent draws, the estimate approaches the exact KL of every token
+    exact = special.rel_entr(p, q).sum(-1)
+    est = np.mean(
+        [
+            per_token_topk(lq, torch.from_numpy(targets), ids, top_lp, tail, tgt, s, lp.gather(-1, s))["kld"].numpy()
+            for s in (sample_tail(lp, ids, 16, torch.Generator().manual_seed(i)) for i in range(1, 41))
+        ],
+        axis=0,
+    )
+    assert est.mean() == pytest.approx(exact.mean(), rel=0.01)
+    bucket = per_token_topk(lq, torch.from_numpy(targets), ids, top_lp, tail, tgt)["kld"].numpy()
+    assert abs(est.mean() - exact.mean()) < 0.2 * abs(bucket.mean() - exact.mean())
+
+
 def test_aggregate_vs_independent_statistics():
     rng = np.random.default_rng(1)
     n = 1000
@@ -139,7 +179,8 @@ def test_identical_distributions_give_exactly_zero_with_neg_inf_logits(logits):
     exact = per_token_exact(lp, torch.from_numpy(targets % 200 + 7), lp)
     assert torch.all(exact["kld"] == 0) and torch.all(exact["kld_rev"] == 0)
     ids, top_lp, tail, tgt = _topk_cache(ref, targets % 200 + 7)
-    topk = per_token_topk(lp, torch.from_numpy(targets % 200 + 7), ids, top_lp, tail, tgt)
+    sids = sample_tail(lp, ids, 8, torch.Generator().manual_seed(0))
+    topk = per_token_topk(lp, torch.from_numpy(targets % 200 + 7), ids, top_lp, tail, tgt, sids, lp.gather(-1, sids))
     assert torch.all(topk["kld"] == 0) and torch.all(topk["kld_rev"] == 0)
     assert torch.all(topk["dp"] == 0) and torch.all(topk["top1"])
     assert not torch.isnan(topk["kld"]).any()

@@ -37,10 +37,10 @@ def test_publish_fetch_roundtrip_and_refusal(reference, settings, client, tmp_pa
     assert teammate.key == cache.key and teammate.manifest["created"] == cache.manifest["created"]
 
     # a corrupted artifact in the store is refused, never used
-    stored = tmp_path / "artifacts" / run_id / "artifacts" / "refcache" / "tail_lp.npy"
+    stored = tmp_path / "artifacts" / run_id / "artifacts" / "refcache" / "tail_logmass.npy"
     arr = np.load(stored)
     arr[:3] = 0
     np.save(stored, arr)
-    with pytest.raises(CacheMismatchError, match="content hash of tail_lp"):
+    with pytest.raises(CacheMismatchError, match="content hash of tail_logmass"):
         fetch(cache.key, client, cache_dir=tmp_path / "e")
     assert not (tmp_path / "e" / "refcache" / cache.key).exists()

@@ -5,8 +5,9 @@ lives in ``$QUANTFID_CACHE`` (default ``~/.cache/quantfid``) under ``refcache/<k
 
 - ``manifest.json``: the identity fields, the key, shapes and the sha256 of every array file (the content hash)
 - ``tokens.npy`` (windows x context, BOS already in place), ``lengths.npy``, ``row_offsets.npy``
-- ``topk_ids.npy`` / ``topk_lp.npy`` (scored tokens x K; float32 log-probs), ``tail_lp.npy`` (log of the mass
-  outside the top-K), ``target_lp.npy`` (log-prob of the true next token): the compressed form;
+- ``topk_ids.npy`` / ``topk_lp.npy`` (scored tokens x K; float32 log-probs: the head), ``tail_logmass.npy`` (log of
+  the mass outside the head), ``sample_ids.npy`` / ``sample_lp.npy`` (scored tokens x M tokens drawn from the tail in
+  proportion to p, with their log-probs), ``target_lp.npy`` (log-prob of the true next token): the compressed form;
 - or ``full_lp.npy`` (scored tokens x vocab, float32) in exact mode.
 
 Arrays are ``.npy`` files read with ``mmap_mode='r'``, so a measurement streams window by window and its memory does
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from quantfid.fidelity.corpora import load_corpus
-from quantfid.fidelity.metrics import log_probs, tail_logmass
+from quantfid.fidelity.metrics import log_probs, sample_tail, tail_logmass
 from quantfid.fidelity.settings import (
     CacheMismatchError,
     FidelityError,
@@ -56,11 +57,22 @@ IDENTITY_FIELDS = (
     "context",
     "scored_fraction",
     "topk",
+    "tail_samples",
     "exact",
     "bos",
     "partial_last",
 )
-_TOPK_ARRAYS = ("tokens", "lengths", "row_offsets", "topk_ids", "topk_lp", "tail_lp", "target_lp")
+_TOPK_ARRAYS = (
+    "tokens",
+    "lengths",
+    "row_offsets",
+    "topk_ids",
+    "topk_lp",
+    "tail_logmass",
+    "sample_ids",
+    "sample_lp",
+    "target_lp",
+)
 _EXACT_ARRAYS = ("tokens", "lengths", "row_offsets", "full_lp")
 
 
@@ -158,6 +170,7 @@ class ReferenceCache:
             context=m["context"],
             scored_fraction=m["scored_fraction"],
             topk=m["topk"],
+            tail_samples=m["tail_samples"],
             exact=m["exact"],
             max_tokens=m["max_tokens"],
             batch_size=m["batch_size"],
@@ -244,6 +257,7 @@ def identity_for(
         "context": settings.context,
         "scored_fraction": float(settings.scored_fraction),
         "topk": 0 if settings.is_exact else settings.topk,
+        "tail_samples": 0 if settings.is_exact else settings.tail_samples,
         "exact": settings.is_exact,
         "bos": settings.bos,
         "partial_last": settings.partial_last,
@@ -295,7 +309,8 @@ def build(
     offsets = row_offsets(lengths, settings.scored_fraction)
     n_rows = int(offsets[-1])
     device = next(model.parameters()).device
-    exact, k = identity["exact"], identity["topk"]
+    exact, k, m = identity["exact"], identity["topk"], identity["tail_samples"]
+    seed = int(identity["key"][:8], 16)
     id_dtype = np.uint16 if len(tokenizer) <= 65536 else np.int32
     tmp = Path(tempfile.mkdtemp(prefix=f".{identity['key']}-", dir=root))
     vocab = 0
@@ -324,9 +339,16 @@ def build(
                 else:
                     if k > vocab:
                         raise FidelityError(f"fidelity.topk={k} exceeds the vocabulary size {vocab}; lower it")
-                    out["topk_ids"] = np.lib.format.open_memmap(tmp / "topk_ids.npy", "w+", id_dtype, (n_rows, k))
-                    for name, shape in (("topk_lp", (n_rows, k)), ("tail_lp", (n_rows,)), ("target_lp", (n_rows,))):
-                        out[name] = np.lib.format.open_memmap(tmp / f"{name}.npy", "w+", np.float32, shape)
+                    shapes = {
+                        "topk_ids": ((n_rows, k), id_dtype),
+                        "topk_lp": ((n_rows, k), np.float32),
+                        "tail_logmass": ((n_rows,), np.float32),
+                        "sample_ids": ((n_rows, m), id_dtype),
+                        "sample_lp": ((n_rows, m), np.float32),
+                        "target_lp": ((n_rows,), np.float32),
+                    }
+                    for name, (shape, dtype) in shapes.items():
+                        out[name] = np.lib.format.open_memmap(tmp / f"{name}.npy", "w+", dtype, shape)
             r0, r1 = int(offsets[start]), int(offsets[min(start + bs, len(tokens))])
             if exact:
                 out["full_lp"][r0:r1] = lp.float().cpu().numpy()
@@ -334,7 +356,11 @@ def build(
                 top_lp, top_ids = lp.topk(k, dim=-1)
                 out["topk_ids"][r0:r1] = top_ids.cpu().numpy().astype(id_dtype)
                 out["topk_lp"][r0:r1] = top_lp.float().cpu().numpy()
-                out["tail_lp"][r0:r1] = tail_logmass(lp, top_ids).float().cpu().numpy()
+                out["tail_logmass"][r0:r1] = tail_logmass(lp, top_ids).float().cpu().numpy()
+                if m:
+                    sids = sample_tail(lp, top_ids, m, torch.Generator().manual_seed(seed + start))
+                    out["sample_ids"][r0:r1] = sids.cpu().numpy().astype(id_dtype)
+                    out["sample_lp"][r0:r1] = lp.gather(-1, sids).float().cpu().numpy()
                 out["target_lp"][r0:r1] = lp.gather(-1, targets[:, None])[:, 0].float().cpu().numpy()
         for arr in out.values():
             arr.flush()

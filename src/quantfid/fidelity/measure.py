@@ -37,6 +37,7 @@ class FidelityResult:
     context: int
     scored_fraction: float
     topk: int
+    tail_samples: int = 0
     per_token: dict[str, np.ndarray] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
@@ -52,6 +53,7 @@ class FidelityResult:
             "fidelity.context": self.context,
             "fidelity.scored_fraction": self.scored_fraction,
             "fidelity.topk": self.topk,
+            "fidelity.tail_samples": self.tail_samples,
         }
 
 
@@ -61,7 +63,9 @@ def _cache_rows(cache: ReferenceCache, r0: int, r1: int, device: torch.device) -
     return {
         "ref_ids": torch.from_numpy(cache.array("topk_ids")[r0:r1].astype(np.int64)).to(device),
         "ref_lp": torch.from_numpy(np.array(cache.array("topk_lp")[r0:r1])).to(device).double(),
-        "ref_tail": torch.from_numpy(np.array(cache.array("tail_lp")[r0:r1])).to(device).double(),
+        "ref_tail": torch.from_numpy(np.array(cache.array("tail_logmass")[r0:r1])).to(device).double(),
+        "sample_ids": torch.from_numpy(cache.array("sample_ids")[r0:r1].astype(np.int64)).to(device),
+        "sample_lp": torch.from_numpy(np.array(cache.array("sample_lp")[r0:r1])).to(device).double(),
         "ref_target_lp": torch.from_numpy(np.array(cache.array("target_lp")[r0:r1])).to(device).double(),
     }
 
@@ -88,6 +92,7 @@ def measure(
         context=int(m["context"]),
         scored_fraction=float(m["scored_fraction"]),
         topk=int(m["topk"]),
+        tail_samples=int(m["tail_samples"]),
     )
     if tokenizer is not None:
         cache.check_tokenizer(tokenizer)

@@ -8,10 +8,16 @@ Per token (one scored next-token prediction) against the reference:
 - ``top1``     the reference's top-1 token is (one of) the quant's top-1 token(s)
 - ``dp``       q(true) - p(true) (llama.cpp's delta-p, as a fraction, not a percent)
 
-With a top-K cache the reference is known exactly on its K most probable tokens plus the total mass of the rest
-(the tail); both KL directions are then computed between the two distributions coarsened to those K tokens + one
-tail bucket. That is a lower bound of the exact KL (log-sum inequality); its error is the KL *inside* the tail,
-weighted by the tail mass, and is measured in docs/fidelity.md. Exact mode uses the full vocabulary.
+With a compressed cache the reference is known exactly on its K most probable tokens (the head), plus the total
+mass P_t of the rest (the tail) and M tokens j drawn from the tail in proportion to p (systematic sampling) with
+their exact log-probs. The head contributes exactly. The tail's KL(ref || quant) is
+
+    sum_tail p_i r_i = P_t - Q_t + P_t * E_{j ~ p_tail}[ r_j + exp(-r_j) - 1 ],   r = log p - log q
+
+an identity (Q_t, the quant's tail mass, is known exactly), whose expectation is estimated from the M samples:
+unbiased, and since r + exp(-r) - 1 ~ r^2/2 its noise shrinks with the KL itself (the "k3" control-variate form).
+KL(quant || ref) uses 1 - exp(-r)(1 + r) the same way. With M = 0 the tail is one bucket: a lower bound of the
+exact KL (log-sum inequality) that misses the KL inside the tail. Exact mode uses the full vocabulary.
 
 Log-probs are computed in float64 from the model's logits and rounded to float32 on both sides (the cache stores
 float32), so an identical model gives KLD exactly 0.
@@ -38,6 +44,19 @@ def _plogr(p: torch.Tensor, lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
     return torch.where(p > 0, p * (lp - lq), torch.zeros((), dtype=p.dtype, device=p.device))
 
 
+def sample_tail(lp: torch.Tensor, head_ids: torch.Tensor, m: int, generator: torch.Generator) -> torch.Tensor:
+    """``m`` token ids per row drawn from the distribution outside ``head_ids`` (systematic sampling: one uniform
+    offset per row, ``m`` equally spaced points on the tail's CDF), so each token is drawn in proportion to p."""
+    p = lp.exp().scatter(-1, head_ids, 0.0)
+    cdf = p.cumsum(-1)
+    total = cdf[:, -1:]
+    offset = torch.rand(lp.shape[0], 1, generator=generator, dtype=torch.float64).to(lp.device)
+    u = (torch.arange(m, dtype=torch.float64, device=lp.device)[None, :] + offset) / m * total
+    ids = torch.searchsorted(cdf, u, right=True).clamp(max=lp.shape[-1] - 1)
+    # a row with no tail mass has nothing to draw: point at the top token (its weight P_t is 0)
+    return torch.where(total > 0, ids, head_ids[:, :1].expand(-1, m))
+
+
 def tail_logmass(lp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """log of the total probability outside ``ids`` (rows of ``lp``), computed without cancellation."""
     masked = lp.scatter(-1, ids, float("-inf"))
@@ -51,14 +70,27 @@ def per_token_topk(
     ref_lp: torch.Tensor,
     ref_tail: torch.Tensor,
     ref_target_lp: torch.Tensor,
+    sample_ids: torch.Tensor | None = None,
+    sample_lp: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-token arrays from the quant's log-probs ``lq`` (N x V) and a top-K reference (N x K ids/log-probs)."""
+    """Per-token arrays from the quant's log-probs ``lq`` (N x V) and a compressed reference: head ids/log-probs
+    (N x K), log tail mass (N), true-token log-prob (N) and optionally M tail samples (N x M ids/log-probs)."""
     lq_k = lq.gather(-1, ref_ids)
     q_tail = tail_logmass(lq, ref_ids).float().double()  # rounded like the cached reference tail
     p_k, q_k = ref_lp.exp(), lq_k.exp()
     p_t, q_t = ref_tail.exp(), q_tail.exp()
-    kld = _plogr(p_k, ref_lp, lq_k).sum(-1) + _plogr(p_t, ref_tail, q_tail)
-    kld_rev = _plogr(q_k, lq_k, ref_lp).sum(-1) + _plogr(q_t, q_tail, ref_tail)
+    tail_fwd = _plogr(p_t, ref_tail, q_tail)  # one bucket: lower bounds
+    tail_rev = _plogr(q_t, q_tail, ref_tail)
+    if sample_ids is not None and sample_ids.shape[-1] > 0:
+        r = sample_lp - lq.gather(-1, sample_ids)
+        e = torch.exp(-r)
+        f = (r + torch.expm1(-r)).mean(-1)  # E[r + e^-r - 1] >= 0
+        h = (-torch.expm1(-r) - r * e).mean(-1)  # E[1 - e^-r (1 + r)] >= 0
+        sampled = p_t > 0  # no reference mass in the tail: the bucket terms are exact
+        tail_fwd = torch.where(sampled, p_t - q_t + p_t * f, tail_fwd)
+        tail_rev = torch.where(sampled, q_t - p_t + p_t * h, tail_rev)
+    kld = _plogr(p_k, ref_lp, lq_k).sum(-1) + tail_fwd
+    kld_rev = _plogr(q_k, lq_k, ref_lp).sum(-1) + tail_rev
     lq_true = lq.gather(-1, targets[:, None])[:, 0]
     top1 = lq_k[:, 0] >= lq.amax(-1)
     return _finish(kld, kld_rev, lq_true, ref_target_lp, top1)

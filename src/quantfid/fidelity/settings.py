@@ -33,14 +33,18 @@ class FidelitySettings:
 
     ``scored_fraction``: the last fraction of each window whose next-token predictions are scored (0.5 = llama.cpp's
     convention: the first half only gives context). ``max_tokens``: corpus tokens used (whole windows, from the start).
-    ``topk=0`` or ``exact=True`` stores full-vocabulary log-probs (the checking mode). ``bos``: replace the first token
-    of each window by BOS, as llama.cpp does. ``partial_last``: keep a last window shorter than ``context``.
+    ``topk``: reference tokens stored exactly (the head); ``tail_samples``: tokens drawn from the rest of the
+    reference distribution (systematic sampling), whose exact log-probs give an unbiased estimate of the tail's KL
+    (0 = tail as one bucket, a lower bound). ``topk=0`` or ``exact=True`` stores full-vocabulary log-probs (checking).
+    ``bos``: replace the first token of each window by BOS, as llama.cpp does. ``partial_last``: keep a last window
+    shorter than ``context``.
     """
 
     corpus: str = "code"
     context: int = 256
     scored_fraction: float = 0.5
-    topk: int = 32
+    topk: int = 8
+    tail_samples: int = 22
     exact: bool = False
     max_tokens: int = 16384
     batch_size: int = 8
@@ -58,6 +62,8 @@ class FidelitySettings:
             )
         if not isinstance(self.topk, int) or self.topk < 0:
             raise FidelityError(f"fidelity.topk={self.topk!r} must be an integer >= 0 (0 means exact full-vocab)")
+        if not isinstance(self.tail_samples, int) or self.tail_samples < 0:
+            raise FidelityError(f"fidelity.tail_samples={self.tail_samples!r} must be an integer >= 0")
         if not isinstance(self.max_tokens, int) or self.max_tokens < self.context:
             raise FidelityError(
                 f"fidelity.max_tokens={self.max_tokens!r} must be an integer >= fidelity.context={self.context}"

@@ -56,7 +56,7 @@ def publish(
     }
     run = client.create_run(exp_id, tags=tags, run_name=f"refcache-{m['corpus']}.{m['context']}-{cache.key[:8]}")
     try:
-        for k in ("corpus", "context", "scored_fraction", "topk", "exact", "n_scored", "vocab_size"):
+        for k in ("corpus", "context", "scored_fraction", "topk", "tail_samples", "exact", "n_scored", "vocab_size"):
             client.log_param(run.info.run_id, f"refcache.{k}", m[k])
         client.log_artifacts(run.info.run_id, str(cache.path), artifact_path=ARTIFACT_DIR)
         client.set_terminated(run.info.run_id, "FINISHED")
