@@ -67,6 +67,9 @@ def test_known_properties_of_the_synthetic_cohort(cohort):
     fc = s["failure_prediction"]["cohort"]
     assert fc["gm_ratio"]["value"] > 1.0  # failed prompts carry fail_kld_ratio = 1.15 more KLD by construction
     assert s["router"]["n_pairs"] == 16 * 15 // 2
+    head = {h["name"]: h for h in s["headline"]}
+    assert head["rho.full.score.composite"]["value"] == pytest.approx(r["rho"])
+    assert head["router.accuracy"]["value"] == pytest.approx(s["router"]["accuracy"]["value"])
     json.dumps(s, allow_nan=False)
 
 
@@ -77,7 +80,7 @@ def test_cli_writes_report_and_logs_analysis_run(store, tmp_path):
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     html = (out / "report.html").read_text()
-    assert "data:image/png;base64," in html and "silent zone" in html.lower()
+    assert "data:image/png;base64," in html and "silent zone" in html.lower() and "Headline numbers" in html
     assert html.count("<img") == 4
     for name in ("fidelity_vs_score", "rho_per_variant", "volume_direction", "kld_passed_failed"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 5000
