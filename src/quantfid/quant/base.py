@@ -246,8 +246,10 @@ def quantize(
     result = BACKENDS[qc.backend](spec, qc, reference)
     result.model.eval()
     seconds = time.perf_counter() - started
-    verification = verify(qc, result, reference, ref_logits, ids)
+    # account first: bitsandbytes repacks 4-bit weights for its CPU kernel on the first forward (and drops the
+    # nested absmax of double quant); the bits reported are those of the format as quantized
     bpw, nbytes, details = account(result, reference)
+    verification = verify(qc, result, reference, ref_logits, ids)
     verification.update(details, quantize_seconds=round(seconds, 3))
     log.info("quant %s: %.3f bits/weight, %d bytes, %s", qc.name, bpw, nbytes, verification["module_types"])
     return QuantizedModel(

@@ -38,7 +38,13 @@ def bnb_backend(spec: ModelSpec, cfg: QuantConfig, reference: Reference) -> Back
         else (bnb.nn.Linear4bit, bnb.nn.Params4bit, torch.uint8)
     )
 
+    double_quant = cfg.options.get("double_quant", False)
+
     def is_quantized(name: str, module: nn.Module) -> bool:
-        return isinstance(module, cls) and isinstance(module.weight, param) and module.weight.dtype == dtype
+        if not (isinstance(module, cls) and isinstance(module.weight, param) and module.weight.dtype == dtype):
+            return False
+        state = getattr(module.weight, "quant_state", None)
+        # double quant asked for: the absmax must itself be quantized (a nested state), checked before any forward
+        return not double_quant or bool(getattr(state, "nested", False) or getattr(state, "original_nested", False))
 
     return BackendResult(model=model, targets=targets, is_quantized=is_quantized)

@@ -64,7 +64,12 @@ class Row:
 
 
 def measure(
-    names: Sequence[str], spec: ModelSpec, kld_windows: int = 0, acc_per_family: int = 0, context: int = 256
+    names: Sequence[str],
+    spec: ModelSpec,
+    kld_windows: int = 0,
+    acc_per_family: int = 0,
+    context: int = 256,
+    stream: bool = False,
 ) -> list[Row]:
     """Quantize (and verify) every config once; GPU-only configs on CPU are reported and left out."""
     reference = load_reference(spec)
@@ -81,7 +86,7 @@ def measure(
         try:
             q = quantize(spec, cfg, reference)
         except QuantUnavailableError as err:
-            tqdm.write(f"skip {name}: {err}")
+            tqdm.write(f"skip {name}: {err}", file=sys.stderr)
             continue
         row = Row(
             name,
@@ -99,18 +104,20 @@ def measure(
 
             row.accuracy = float(score_tasks(q.model, reference.tokenizer, instances)["passed"].mean())
         rows.append(row)
+        if stream:
+            tqdm.write(markdown_table([row], header=len(rows) == 1), file=sys.stderr)
         del q
     return rows
 
 
-def markdown_table(rows: Sequence[Row]) -> str:
+def markdown_table(rows: Sequence[Row], header: bool = True) -> str:
     has_kld = any(not math.isnan(r.kld_mean) for r in rows)
     has_acc = any(not math.isnan(r.accuracy) for r in rows)
     head = ["quant", "backend", "bits/weight (quantized Linear)", "model bytes", "bits/param (whole model)"]
     head += ["mean KLD", "top-1 agree"] if has_kld else []
     head += ["task acc"] if has_acc else []
     head += ["what it is"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] if header else []
     for r in rows:
         cells = [
             f"`{r.name}`",
@@ -137,9 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", type=int, default=256, help="window length in tokens for --kld")
     parser.add_argument("--acc", type=int, default=0, metavar="K", help="add task accuracy on K prompts per family")
     parser.add_argument("--sort", choices=["cohort", "kld"], default="cohort")
+    parser.add_argument("--stream", action="store_true", help="also write each row to stderr as it is measured")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     names = args.quants or cohort(args.cohort)
-    rows = measure(names, ModelSpec(args.model, device=args.device), args.kld, args.acc, args.context)
+    rows = measure(names, ModelSpec(args.model, device=args.device), args.kld, args.acc, args.context, args.stream)
     if args.sort == "kld":
         rows.sort(key=lambda r: (r.kld_mean, r.name))
     print(markdown_table(rows))
