@@ -73,6 +73,7 @@ def test_identical_model_gives_kld_exactly_zero(reference, caches):
         assert r.metrics["fid.kld_mean"] == 0 and r.metrics["fid.ppl_ratio"] == 1 and r.metrics["fid.top1_agree"] == 1
 
 
+@pytest.mark.slow
 def test_exact_mode_matches_independent_float64_and_short_padded_window(reference, caches, perturbed):
     """The last window is shorter than the context and runs right-padded in a batch; nothing changes."""
     _, _, exact = caches
