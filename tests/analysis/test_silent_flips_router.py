@@ -176,7 +176,13 @@ def test_variant_selection():
     # the paper's list lives in conf/fidelity/variants/paper14.yaml (importing quantfid.fidelity would pull in torch)
     conf = Path(__file__).parents[2] / "conf" / "fidelity" / "variants" / "paper14.yaml"
     assert list(PAPER14) == list(OmegaConf.load(conf).names)
-    avail = ["kld_mean@code.256", "kld_mean_se@code.256", "kld_mean@prose.256", "top1_agree@code.256"]
+    avail = [
+        "kld_mean@code.256",
+        "kld_mean_se@code.256",
+        "kld_mean@prose.256",
+        "top1_agree@code.256",
+        "n_tokens@code.256",
+    ]
     assert select_variants(avail, "all") == ["kld_mean@code.256", "kld_mean@prose.256", "top1_agree@code.256"]
     assert select_variants(avail, "kld_mean") == ["kld_mean@code.256", "kld_mean@prose.256"]
     assert select_variants(avail, "top1_agree@code.256,kld_mean@code.256") == [

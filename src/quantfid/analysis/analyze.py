@@ -78,15 +78,20 @@ PAPER14 = (
 )  # fmt: skip  # the paper's 14 (mirrors quantfid.fidelity.variants.PAPER_VARIANTS; a test keeps them equal)
 
 
+# Logged beside the fidelity statistics but describing the measurement or the reference, not the quant's fidelity.
+NOT_FIDELITY = frozenset({"n_tokens", "ppl_ref", "ppl_base"})
+
+
 def select_variants(available: list[str], spec: str) -> list[str]:
     """Which fidelity variants to analyse.
 
-    ``all``: every variant except standard errors (``*_se``: uncertainty of a statistic, not a fidelity measure);
+    ``all``: every variant except standard errors (``*_se``: uncertainty of a statistic, not a fidelity measure) and
+    bookkeeping (``n_tokens``, ``ppl_ref``/``ppl_base``: the same for every quant);
     ``paper14``: the paper's 14 (all must be present); else a comma-separated list of variant names, where a bare
     statistic (``kld_mean``) selects it at every measured setting.
     """
     if spec == "all":
-        return [v for v in available if not v.split("@")[0].endswith("_se")]
+        return [v for v in available if not v.split("@")[0].endswith("_se") and v.split("@")[0] not in NOT_FIDELITY]
     wanted = list(PAPER14) if spec == "paper14" else [w.strip() for w in spec.split(",") if w.strip()]
     out, missing = [], []
     for w in wanted:

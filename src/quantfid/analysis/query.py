@@ -9,6 +9,7 @@ refused: the quants would not be measured against the same thing.
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -224,6 +225,7 @@ def load_cohort(
     tok_fp = _check_single(runs, "tokenizer_fingerprint", "tokenizer fingerprints")
     table, variants, tasks, candidates = cohort_from_runs(runs)
     uri_of = dict(zip(runs["run_id"], runs["artifact_uri"], strict=True))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar of ours, not one per file
     outcomes = None
     if with_outcomes:
 
