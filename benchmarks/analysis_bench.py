@@ -3,7 +3,7 @@
 The store (sqlite + a local artifact directory, schema v1: 999 quants + the reference, one fidelity setting each,
 4 tasks x 250 prompts, per-prompt parquet per run) is written once by the synthetic writer and reused (writing it
 takes minutes; that is not what is measured). Timed: reading the cohort from the store (run search + 1,000 parquet
-reads in parallel), every analysis (silent zone, rho with 1,000-resample bootstrap CIs for 14 variants x 11 targets x
+reads in parallel), every analysis (silent zone, rho with 1,000-resample bootstrap CIs for 13 variants x 15 targets x
 2 zones, volume/direction, failure prediction, router over 2,000 pairs) and writing report.html + summary.json.
 
     nice -n 15 .venv/bin/python benchmarks/analysis_bench.py [--store runs/analysis-bench] [--quants 999]
