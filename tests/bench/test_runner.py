@@ -201,8 +201,9 @@ def test_reference_outcomes_are_computed_once_and_reused(tiny, tmp_path, monkeyp
         b = reference_outcomes(model, tok, "fp0123", names, max_prompts=4)
     assert first.calls > 0 and second.calls == 0
     pd.testing.assert_frame_equal(a, b)
-    path = outcome_cache_path("fp0123", load_task("organism/arith"), 4, None)
-    assert path.is_file() and path.parent.parent.name == "fp0123" and path.name.startswith("v1-")
+    arith = load_task("organism/arith")
+    path = outcome_cache_path("fp0123", arith, 4, None)
+    assert path.is_file() and path.parent.parent.name == "fp0123" and path.name.startswith(f"v{arith.version}-")
     assert not list(path.parent.glob("*.tmp"))
     # another fingerprint or another prompt count is another entry
     with ForwardCounter(model) as third:
