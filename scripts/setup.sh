@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# System packages for team mode (PostgreSQL) and the MLflow UI screenshot (Chromium); idempotent.
+bash scripts/install_system_deps.sh
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
