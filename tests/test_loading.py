@@ -97,8 +97,6 @@ def test_model_config_group_composes():
 
 
 def test_shipped_organism_loads_through_from_pretrained():
-    if not (organism_path() / "model.safetensors").exists():
-        pytest.skip("organism weights not exported yet")
     ref = load_reference(ModelSpec("organism"))
     assert type(ref.model).__name__ == "LlamaForCausalLM"
     assert ref.model.config.hidden_size % 128 == 0 and ref.model.config.intermediate_size % 128 == 0

@@ -50,9 +50,7 @@ def tiny_reference(tiny_spec: ModelSpec):
 
 @pytest.fixture(scope="session")
 def organism_spec() -> ModelSpec:
-    if not (organism_path() / "config.json").is_file():
-        # TEMPORARY: the organism weights land in src/quantfid/organism/weights at export; remove this skip then.
-        pytest.skip("organism weights not exported yet (src/quantfid/organism/weights)")
+    assert (organism_path() / "config.json").is_file(), "the shipped organism is missing"
     return ModelSpec("organism")
 
 
