@@ -86,11 +86,27 @@ def test_task_path_env_adds_directories(tmp_path, monkeypatch):
             r"field 'source.tasks_version': is '0' but the organism's generators are at TASKS_VERSION",
         ),
         (
-            lambda d: d.update(source={"type": "organism", "family": "poetry", "n": 5, "seed": 1, "tasks_version": 1}),
+            lambda d: d.update(
+                source={
+                    "type": "organism",
+                    "family": "poetry",
+                    "n": 5,
+                    "seed": 1,
+                    "tasks_version": organism_tasks.TASKS_VERSION,
+                }
+            ),
             r"field 'source.family': got 'poetry'",
         ),
         (
-            lambda d: d.update(source={"type": "organism", "family": "choice", "n": 5, "seed": 1, "tasks_version": 1}),
+            lambda d: d.update(
+                source={
+                    "type": "organism",
+                    "family": "choice",
+                    "n": 5,
+                    "seed": 1,
+                    "tasks_version": organism_tasks.TASKS_VERSION,
+                }
+            ),
             r"organism family 'choice' is scored by 'choice', got 'exact'",
         ),
     ],
