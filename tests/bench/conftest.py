@@ -48,8 +48,6 @@ def tiny(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def organism():
-    # TEMPORARY skip until the organism's weights are exported into the package (see the task report).
-    if not (organism_path() / "model.safetensors").exists():
-        pytest.skip("organism weights not exported yet")
+    assert (organism_path() / "model.safetensors").exists(), "the shipped organism is missing"
     spec = ModelSpec("organism")
     return load_model(spec), load_tokenizer(spec)
