@@ -7,7 +7,6 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from quantfid.models import (
     ModelLoadError,
@@ -17,6 +16,7 @@ from quantfid.models import (
     organism_path,
     tokenizer_fingerprint,
 )
+from quantfid.models.tiny import save_random_llama
 from quantfid.organism.tokenizer import train_tokenizer
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -25,21 +25,9 @@ CONF = str(Path(__file__).resolve().parents[1] / "conf")
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A small random Llama + BPE saved like any hub checkpoint."""
+    texts = ["def f(x):\n    return x + 1\n" * 50, "hello world 123"]
     path = tmp_path_factory.mktemp("tiny")
-    tok = train_tokenizer(["def f(x):\n    return x + 1\n" * 50, "hello world 123"], vocab_size=300)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_random_llama(path, texts, vocab_size=300, max_position_embeddings=64, num_hidden_layers=1)
 
 
 def test_load_reference_from_local_path_and_fingerprint_is_stable(tiny_checkpoint):

@@ -6,7 +6,6 @@ import itertools
 from pathlib import Path
 
 import pytest
-import torch
 
 from quantfid.models import ModelSpec, load_model, load_tokenizer, organism_path
 
@@ -14,30 +13,12 @@ from quantfid.models import ModelSpec, load_model, load_tokenizer, organism_path
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random 2-layer LlamaForCausalLM with a BPE trained on task text, saved as a transformers checkpoint."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    from quantfid.models.tiny import save_random_llama
     from quantfid.organism import tasks
-    from quantfid.organism.tokenizer import train_tokenizer
 
-    out = tmp_path_factory.mktemp("tiny-llama")
     texts = [f"{i.prompt}{i.answer}" for i in itertools.islice(tasks.training_stream(seed=0), 3000)]
-    tok = train_tokenizer(texts, vocab_size=400)
-    tok.save_pretrained(out)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(out)
-    return out
+    out = tmp_path_factory.mktemp("tiny-llama")
+    return save_random_llama(out, texts, vocab_size=400, hidden_size=32, intermediate_size=64)
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from quantfid.fidelity import FidelitySettings
 from quantfid.models.loading import ModelSpec, Reference, load_reference
+from quantfid.models.tiny import save_random_llama
 from quantfid.organism import corpus
 from quantfid.organism.tokenizer import train_tokenizer
 
@@ -26,26 +26,15 @@ def make_tokenizer(n_files: int = 25, vocab_size: int = 384):
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """A random LlamaForCausalLM + tokenizer saved as a transformers checkpoint (peaked logits, like a real LM)."""
-    torch.manual_seed(0)
-    tok = make_tokenizer()
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+    text = corpus.read_text(corpus.stdlib_files("train")[:25])
+    return save_random_llama(
+        tmp_path_factory.mktemp("tiny-llama"),
+        [text],
+        vocab_size=384,
         num_attention_heads=4,
-        num_key_value_heads=4,
         max_position_embeddings=128,
         initializer_range=0.3,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
     )
-    model = LlamaForCausalLM(cfg)
-    out = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -15,34 +15,19 @@ SWEEP_BIN = str(Path(sys.executable).with_name("quantfid-sweep"))
 
 def build_tiny_model(out: Path) -> Path:
     """A random 2-layer LlamaForCausalLM with a BPE trained on task prompts: any model will do for the wiring."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    from quantfid.models.tiny import save_random_llama
     from quantfid.organism import tasks
-    from quantfid.organism.tokenizer import train_tokenizer
 
     texts = [i.prompt + i.answer for f in tasks.FAMILIES for i in tasks.heldout_set(f, 40)]
-    tok = train_tokenizer(texts * 3, vocab_size=320)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
+    return save_random_llama(
+        out,
+        texts * 3,
+        vocab_size=320,
         hidden_size=128,
         intermediate_size=256,
-        num_hidden_layers=2,
         num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
     )
-    import torch
-
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 def sweep_env(run_dir: Path, **extra: str) -> dict[str, str]:
