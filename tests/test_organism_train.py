@@ -1,6 +1,7 @@
 """The training code still trains and saves a model that loads through from_pretrained (well under a minute)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -28,7 +29,9 @@ def test_short_training_run_saves_a_loadable_model(tmp_path):
     meta = train(cfg, tmp_path, log_every=4, save_every=100)
     assert meta["steps_done"] == cfg.steps - 1
     history = json.loads((tmp_path / "training.json").read_text())["history"]
-    assert history[-1]["loss"] < history[0]["loss"] + 1e-6 or history[-1]["loss"] < 7.0
+    losses = [h["loss"] for h in history]
+    assert all(math.isfinite(x) for x in losses), losses
+    assert losses[-1] < losses[0], losses  # it learns
     ref = load_reference(ModelSpec(str(tmp_path)))
     ids = ref.tokenizer("12+7=", return_tensors="pt")["input_ids"]
     assert torch.isfinite(ref.model(input_ids=ids).logits).all()

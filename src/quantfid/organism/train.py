@@ -109,6 +109,9 @@ class Batcher:
                 self._refill()
             family, p, a = self.pending[-1]
             item = p + a + [self.eos]
+            if len(item) + 1 > self.cfg.seq_len + 1:  # can never fit, even in an empty row: drop it
+                self.pending.pop()
+                continue
             if len(ids) + len(item) > self.cfg.seq_len + 1:
                 break
             self.pending.pop()
@@ -195,7 +198,7 @@ def train(cfg: TrainConfig, out_dir: Path, log_every: int = 50, save_every: int 
         target = x[:, 1:]
         tok_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
         m = mask[:, 1:]
-        loss = (tok_loss * m).sum() / m.sum()
+        loss = (tok_loss * m).sum() / m.sum().clamp(min=1)
         loss.backward()
         for opt in optimizers:
             opt.step()
