@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -70,7 +72,7 @@ def test_flatten_and_params_follow_the_schema():
         "run_dir": "x",
     }
     flat = flatten(job)
-    assert flat["quant.overrides.*.mlp.*"] == 3 and flat["quant.skip"] == '["lm_head"]'
+    assert json.loads(flat["quant.overrides"]) == {"*.mlp.*": 3} and flat["quant.skip"] == '["lm_head"]'
     params = params_for(job)
     assert params["model.name_or_path"] == "organism" and params["quant.backend"] == "rtn"
     assert params["quant.bits"] == "4" and params["fidelity.context"] == "256"
@@ -103,3 +105,11 @@ def test_conform_outcomes_keeps_the_contract_and_invents_nothing():
     assert out["passed"].dtype == bool and out["score"].iloc[0] == 1.0 and math.isnan(out["kld_prompt"].iloc[0])
     with pytest.raises(ValueError, match="prompt_hash"):
         conform_outcomes(df.drop(columns=["prompt_hash"]))
+
+
+def test_flatten_keeps_glob_keyed_mappings_as_one_json_param():
+    """RTN overrides are keyed by module globs, which MLflow refuses in param names."""
+    flat = flatten({"quant": {"bits": 3, "overrides": {"*.self_attn.v_proj": 4, "*.mlp.down_proj": 3}}})
+    assert flat["quant.bits"] == 3
+    assert json.loads(flat["quant.overrides"]) == {"*.self_attn.v_proj": 4, "*.mlp.down_proj": 3}
+    assert all(re.match(r"^[A-Za-z0-9_\-. :/]+$", k) for k in flat)

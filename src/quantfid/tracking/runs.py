@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tempfile
 import traceback
 from collections.abc import Mapping
@@ -29,12 +30,21 @@ OUTCOME_COLUMNS = ("task", "prompt_id", "prompt_hash", "output", "passed", "scor
 MAX_PARAM_LEN = 6000
 
 
+_PARAM_KEY = re.compile(r"^[A-Za-z0-9_\-. :/]+$")  # what MLflow accepts in a param name
+
+
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"quant": {"bits": 4}}`` -> ``{"quant.bits": 4}``; lists become JSON so a param stays one comparable value."""
+    """``{"quant": {"bits": 4}}`` -> ``{"quant.bits": 4}``; lists become JSON so a param stays one comparable value.
+
+    A mapping whose keys MLflow would refuse as names (module globs such as ``*.self_attn.v_proj`` in RTN overrides)
+    stays one param holding its JSON.
+    """
     out: dict[str, Any] = {}
     for key, value in mapping.items():
         name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and not all(_PARAM_KEY.match(str(k)) for k in value):
+            out[name] = json.dumps(dict(value), default=str, sort_keys=True)
+        elif isinstance(value, Mapping):
             out.update(flatten(value, name))
         elif isinstance(value, list | tuple):
             out[name] = json.dumps(value, default=str)
