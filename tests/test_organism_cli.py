@@ -1,0 +1,26 @@
+"""Bad input to `quantfid-organism`: one clear error, non-zero exit, nothing written."""
+
+import pytest
+
+from quantfid.models import organism_path
+from quantfid.organism.cli import main
+
+
+def test_export_from_a_directory_without_a_model_fails_clearly(tmp_path, capsys):
+    before = sorted(p.name for p in organism_path().iterdir())
+    assert main(["export", "--from", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--from" in err and "model.safetensors" in err and "train" in err
+    assert sorted(p.name for p in organism_path().iterdir()) == before
+
+
+def test_eval_of_a_missing_model_names_the_field(tmp_path, capsys):
+    assert main(["eval", "--model", str(tmp_path / "nope")]) == 2
+    assert "model.name_or_path" in capsys.readouterr().err
+
+
+def test_per_family_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--per-family", "0"])
+    assert exc.value.code == 2
+    assert "--per-family" in capsys.readouterr().err
