@@ -19,8 +19,9 @@ def test_eval_of_a_missing_model_names_the_field(tmp_path, capsys):
     assert "model.name_or_path" in capsys.readouterr().err
 
 
-def test_per_family_must_be_positive(capsys):
+@pytest.mark.parametrize("n", ["0", "201"])
+def test_per_family_must_be_within_the_held_out_sets(capsys, n):
     with pytest.raises(SystemExit) as exc:
-        main(["eval", "--per-family", "0"])
+        main(["eval", "--per-family", n])
     assert exc.value.code == 2
-    assert "--per-family" in capsys.readouterr().err
+    assert "--per-family must be between 1 and 200" in capsys.readouterr().err

@@ -3,13 +3,13 @@
 import pytest
 
 from quantfid.models import ModelSpec, load_reference
-from quantfid.organism.evaluate import heldout_instances, score_tasks, summarize
+from quantfid.organism.evaluate import score_tasks, summarize
 
 
 @pytest.fixture(scope="module")
 def accuracy() -> dict[str, float]:
     ref = load_reference(ModelSpec("organism"))
-    return summarize(score_tasks(ref.model, ref.tokenizer, heldout_instances()))
+    return summarize(score_tasks(ref.model, ref.tokenizer))
 
 
 @pytest.mark.slow

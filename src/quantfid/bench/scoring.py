@@ -13,7 +13,6 @@ def _batches(n: int, size: int) -> list[range]:
     return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-@torch.no_grad()
 def generate_greedy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -22,25 +21,8 @@ def generate_greedy(
     batch_size: int = 64,
     desc: str = "generate",
 ) -> list[str]:
-    """Greedy completions with a KV cache, left-padded batches, stopping at EOS; each cut at its first newline."""
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    outputs: list[str] = []
-    try:
-        for idx in tqdm(_batches(len(prompts), batch_size), desc=desc, unit="batch", leave=False):
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(model.device)
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            outputs.extend(t.split("\n", 1)[0] for t in texts)
-    finally:
-        tokenizer.padding_side = side
-    return outputs
+    """Greedy completions, each cut at its first newline (:func:`generate_until` with ``stop=("\\n",)``)."""
+    return generate_until(model, tokenizer, prompts, max_new_tokens, ("\n",), batch_size=batch_size, desc=desc)
 
 
 @torch.no_grad()
@@ -110,7 +92,7 @@ def generate_until(
     desc: str = "generate",
 ) -> list[str]:
     """Greedy completions with a KV cache in left-padded batches, each row stopping early at EOS or a stop string,
-    each output cut at its first stop string. With ``stop=("\\n",)`` the outputs equal :func:`generate_greedy`'s.
+    each output cut at its first stop string.
 
     ``context_limit`` caps prompt + completion: a batch generates at most ``context_limit - longest prompt`` tokens
     (the caller checks that every prompt fits; see quantfid.bench.runner).

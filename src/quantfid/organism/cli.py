@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from quantfid.models import ModelLoadError, ModelSpec, load_model, load_reference, organism_path
+from quantfid.organism.evaluate import EVAL_PER_FAMILY
 
 SHIPPED_FILES = (
     "config.json",
@@ -61,11 +62,11 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _evaluate(name: str, n_per_family: int, out: Path | None) -> dict:
-    from quantfid.organism.evaluate import heldout_code_perplexity, heldout_instances, score_tasks, summarize
+    from quantfid.organism.evaluate import heldout_code_perplexity, score_tasks, summarize
 
     ref = load_reference(ModelSpec(name))
     started = time.time()
-    outcomes = score_tasks(ref.model, ref.tokenizer, heldout_instances(n_per_family))
+    outcomes = score_tasks(ref.model, ref.tokenizer, n_per_family)
     result = {
         "model": name,
         "fingerprint": ref.fingerprint,
@@ -98,13 +99,12 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _card(args: argparse.Namespace) -> int:
     """Everything docs/organism.md reports: accuracy per family, held-out ppl, and the RTN bits sweep."""
-    from quantfid.organism.evaluate import heldout_code_perplexity, heldout_instances, score_tasks, summarize
+    from quantfid.organism.evaluate import heldout_code_perplexity, score_tasks, summarize
     from quantfid.quant.rtn import rtn_quantize_
 
     out = Path(args.out) if args.out else None
     result = _evaluate(args.model, args.per_family, out)
     _print_accuracy(result)
-    instances = heldout_instances(args.per_family)
     print("\nRound-to-nearest sanity sweep (all Linear weights but lm_head, symmetric, group 64)")
     print("| bits | overall accuracy | change vs reference | held-out code ppl |\n|---|---|---|---|")
     print(f"| ref | {result['accuracy']['overall']:.1%} | - | {result['heldout_code_ppl']:.3f} |")
@@ -112,7 +112,7 @@ def _card(args: argparse.Namespace) -> int:
     for bits in RTN_BITS:
         model = load_model(ModelSpec(args.model))
         rtn_quantize_(model, bits=bits, group_size=64)
-        acc = summarize(score_tasks(model, load_reference_tokenizer(args.model), instances))
+        acc = summarize(score_tasks(model, load_reference_tokenizer(args.model), args.per_family))
         ppl = heldout_code_perplexity(model, load_reference_tokenizer(args.model))
         sweep[bits] = {"accuracy": acc, "heldout_code_ppl": ppl}
         delta = acc["overall"] - result["accuracy"]["overall"]
@@ -149,12 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--model", default="organism", help="'organism', a local checkpoint directory or a hub id")
-        p.add_argument("--per-family", type=int, default=200, help="held-out prompts per task family")
+        p.add_argument(
+            "--per-family", type=int, default=EVAL_PER_FAMILY, help="held-out prompts per task family (1-200)"
+        )
         p.add_argument("--out", default=None, help="write outcomes.parquet and eval.json here")
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
-    if getattr(args, "per_family", 1) < 1:
-        parser.error("--per-family must be at least 1")
+    if not 1 <= getattr(args, "per_family", 1) <= EVAL_PER_FAMILY:
+        parser.error(f"--per-family must be between 1 and {EVAL_PER_FAMILY} (the held-out prompts per family)")
     try:
         return args.func(args)
     except ModelLoadError as err:

@@ -10,8 +10,6 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from quantfid.bench.sandbox import check_function
-from quantfid.bench.scoring import choice_loglikelihoods, generate_greedy
 from quantfid.organism import corpus, tasks
 
 EVAL_PER_FAMILY = 200
@@ -25,46 +23,21 @@ def heldout_instances(n_per_family: int = EVAL_PER_FAMILY, families: Sequence[st
 def score_tasks(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    instances: Sequence[tasks.TaskInstance],
-    max_new_tokens: int = 32,
+    n_per_family: int = EVAL_PER_FAMILY,
+    families: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """One row per prompt: family, prompt id and hash, the model's output and whether it passed."""
-    gen = [i for i in instances if i.scoring in ("exact", "execute")]
-    mc = [i for i in instances if i.scoring == "choice"]
-    outputs = dict(
-        zip(
-            (i.prompt_hash for i in gen),
-            generate_greedy(model, tokenizer, [i.prompt for i in gen], max_new_tokens, desc="generate"),
-            strict=True,
+    """One row per prompt (task, prompt id and hash, output, passed, ...) on the first ``n_per_family`` held-out
+    prompts of each family, through the bench task registry (conf/task/organism/): the organism card, the cohort
+    table and the sweep score prompts with one code path."""
+    from quantfid.bench.runner import run_tasks
+
+    if not 1 <= n_per_family <= EVAL_PER_FAMILY:
+        raise ValueError(
+            f"n_per_family={n_per_family}: the organism's held-out sets have {EVAL_PER_FAMILY} prompts per family; "
+            f"pick 1..{EVAL_PER_FAMILY}"
         )
-    )
-    picks: dict[str, int] = {}
-    if mc:
-        lls = choice_loglikelihoods(model, tokenizer, [i.prompt for i in mc], [i.choices for i in mc])
-        for inst, ll in zip(mc, lls, strict=True):
-            picks[inst.prompt_hash] = max(range(len(ll)), key=lambda k: ll[k][0])
-    rows = []
-    for n, inst in enumerate(tqdm(instances, desc="score", unit="prompt", leave=False)):
-        if inst.scoring == "choice":
-            output = inst.choices[picks[inst.prompt_hash]]
-            passed = picks[inst.prompt_hash] == inst.answer_index
-        elif inst.scoring == "execute":
-            output = outputs[inst.prompt_hash]
-            passed = bool(output.strip()) and check_function(output, list(inst.tests)).passed
-        else:
-            output = outputs[inst.prompt_hash]
-            passed = output.strip() == inst.answer.strip()
-        rows.append(
-            {
-                "task": f"organism/{inst.family}",
-                "prompt_id": n,
-                "prompt_hash": inst.prompt_hash,
-                "output": output,
-                "expected": inst.answer,
-                "passed": bool(passed),
-            }
-        )
-    return pd.DataFrame(rows)
+    names = [f"organism/{f}" for f in (families or tasks.FAMILIES)]
+    return run_tasks(model, tokenizer, names, max_prompts=n_per_family)
 
 
 @torch.no_grad()

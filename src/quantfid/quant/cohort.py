@@ -75,11 +75,6 @@ def measure(
     reference = load_reference(spec)
     windows = heldout_windows(reference, kld_windows, context) if kld_windows else None
     ref_lp = logprobs(reference.model, windows) if windows is not None else None
-    instances = None
-    if acc_per_family:
-        from quantfid.organism.evaluate import heldout_instances
-
-        instances = heldout_instances(acc_per_family)
     rows = []
     for name in tqdm(names, desc="cohort", unit="quant"):
         cfg = validate_quant_config(load_quant_config(name))
@@ -99,10 +94,10 @@ def measure(
         if ref_lp is not None:
             stats = kld_stats(ref_lp, logprobs(q.model, windows))
             row.kld_mean, row.top1_agree = stats["kld_mean"], stats["top1_agree"]
-        if instances is not None:
+        if acc_per_family:
             from quantfid.organism.evaluate import score_tasks
 
-            row.accuracy = float(score_tasks(q.model, reference.tokenizer, instances)["passed"].mean())
+            row.accuracy = float(score_tasks(q.model, reference.tokenizer, acc_per_family)["passed"].mean())
         rows.append(row)
         if stream:
             tqdm.write(markdown_table([row], header=len(rows) == 1), file=sys.stderr)
@@ -147,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream", action="store_true", help="also write each row to stderr as it is measured")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if not 0 <= args.acc <= 200:
+        parser.error("--acc must be between 0 and 200 (the organism's held-out prompts per family)")
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.quants or cohort(args.cohort)
