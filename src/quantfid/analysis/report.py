@@ -39,6 +39,14 @@ def _log_axis(ax, values: np.ndarray) -> None:
         ax.set_xscale("log")
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write the PNG and free the figure (matplotlib keeps every open figure otherwise)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_fidelity_vs_score(res: AnalysisResult, path: Path) -> Path:
     """Composite score against the primary variant; silent-zone quants in blue, the others in red."""
     s, t, v = res.summary, res.table, res.primary_variant
@@ -58,10 +66,7 @@ def plot_fidelity_vs_score(res: AnalysisResult, path: Path) -> Path:
     ax.set_title(f"Fidelity vs benchmark score (silent zone: {s['silent_zone']['method']})")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_rho_per_variant(res: AnalysisResult, path: Path) -> Path:
@@ -106,10 +111,7 @@ def plot_rho_per_variant(res: AnalysisResult, path: Path) -> Path:
         ax.legend(fontsize=7, loc="lower left")
     axes[0][0].set_yticks(ypos)
     axes[0][0].set_yticklabels(variants, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_volume_direction(res: AnalysisResult, path: Path) -> Path:
@@ -131,10 +133,7 @@ def plot_volume_direction(res: AnalysisResult, path: Path) -> Path:
         ax.set_title("volume = lost + gained" if kind == "volume" else "direction = gained - lost")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_kld_passed_failed(res: AnalysisResult, path: Path) -> Path:
@@ -160,10 +159,7 @@ def plot_kld_passed_failed(res: AnalysisResult, path: Path) -> Path:
         ax.grid(alpha=0.3)
     coh = res.summary["failure_prediction"]["cohort"]["gm_ratio"]
     fig.suptitle(f"Per-prompt KLD, passed vs failed (per-quant GM ratio failed/passed, mean {_fmt(coh['value'])})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _img(path: Path, alt: str) -> str:

@@ -129,6 +129,14 @@ def _sem(x: np.ndarray) -> float:
     return float(stats.sem(x, ddof=1)) if x.size > 1 else float("nan")
 
 
+def _distribution(name: str, x: np.ndarray, pcts: dict[str, float]) -> dict[str, float]:
+    """llama.cpp's summary of one per-token quantity: mean +- standard error, median, extremes, percentiles."""
+    out = {f"{name}_mean": float(x.mean()), f"{name}_mean_se": _sem(x), f"{name}_median": float(np.median(x))}
+    out[f"{name}_max"], out[f"{name}_min"] = float(x.max()), float(x.min())
+    out.update({f"{name}_{label}": float(np.percentile(x, q)) for label, q in pcts.items()})
+    return out
+
+
 def aggregate(per_token: dict[str, np.ndarray], window: np.ndarray) -> dict[str, float]:
     """Every fidelity statistic (``fid.<stat>``, docs/schema.md) from one run's per-token arrays.
 
@@ -145,13 +153,7 @@ def aggregate(per_token: dict[str, np.ndarray], window: np.ndarray) -> dict[str,
     m: dict[str, float] = {"n_tokens": float(n)}
 
     # KLD aggregations (paper variants) and llama.cpp's KLD statistics
-    m["kld_mean"] = float(kld.mean())
-    m["kld_mean_se"] = _sem(kld)
-    m["kld_median"] = float(np.median(kld))
-    m["kld_max"] = float(kld.max())
-    m["kld_min"] = float(kld.min())
-    for name, q in _KLD_PCTS.items():
-        m[f"kld_{name}"] = float(np.percentile(kld, q))
+    m.update(_distribution("kld", kld, _KLD_PCTS))
     _, inverse = np.unique(window, return_inverse=True)
     seq_means = np.bincount(inverse, weights=kld) / np.bincount(inverse)
     m["kld_seqmean"] = float(seq_means.mean())
@@ -180,13 +182,7 @@ def aggregate(per_token: dict[str, np.ndarray], window: np.ndarray) -> dict[str,
     m["top1_agree_se"] = math.sqrt(p * (1.0 - p) / (n - 1)) if n > 1 else float("nan")
 
     # delta-p of the true token
-    m["dp_mean"] = float(dp.mean())
-    m["dp_mean_se"] = _sem(dp)
-    m["dp_median"] = float(np.median(dp))
-    m["dp_max"] = float(dp.max())
-    m["dp_min"] = float(dp.min())
-    for name, q in _DP_PCTS.items():
-        m[f"dp_{name}"] = float(np.percentile(dp, q))
+    m.update(_distribution("dp", dp, _DP_PCTS))
     mse = float((dp**2).mean())
     m["rms_dp"] = math.sqrt(mse)
     m["rms_dp_se"] = 0.5 / m["rms_dp"] * _sem(dp**2) if m["rms_dp"] > 0 else 0.0
