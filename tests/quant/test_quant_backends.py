@@ -163,6 +163,13 @@ def test_every_cohort_config_quantizes_and_is_verified(cohort_quants, organism_r
         assert q.model_bytes < ref_bytes, name
         assert q.config["name"] == name
     assert len(fingerprints) == len(cohort_quants)  # every quant distinct
+    # and distinct as data points: no two cohort quants move the probe logits identically (a duplicate would weigh
+    # twice in every rank correlation; torchao_float8_wo was dropped for matching quanto_float8 exactly)
+    probe = {}
+    for name, q in cohort_quants.items():
+        key = (q.verification["probe_kld_mean"], q.verification["logits_max_abs_diff"])
+        assert key not in probe, f"{name} and {probe.get(key)} give identical logits on the probe"
+        probe[key] = name
     for name, want in EXPECTED_BPW.items():
         if want is not None:
             assert cohort_quants[name].bits_per_weight == pytest.approx(want, rel=2e-3), name
