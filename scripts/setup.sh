@@ -14,6 +14,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[all]" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import torch, quantfid; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+  # hydra-ray-launcher 1.2.2 pins cloudpickle<3 (joblib 1.6 needs 3.x; the launcher runs fine with 3.x) and asks for
+  # boto3 and ray[default], which only its AWS launcher uses: install it alone; `ray` itself comes from [launchers].
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "hydra-ray-launcher==1.2.2" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import torch, quantfid, ray, hydra_plugins.hydra_ray_launcher; assert torch.__version__.startswith('2.13.0'), torch.__version__"
   touch "$stamp"
 fi
