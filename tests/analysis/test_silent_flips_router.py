@@ -12,7 +12,7 @@ from quantfid.analysis import AnalysisConfig, AnalysisInputError, Cohort, Silent
 from quantfid.analysis.cohort import TaskMatrix
 from quantfid.analysis.failure import failure_prediction
 from quantfid.analysis.flips import flip_counts, volume_direction
-from quantfid.analysis.router import _unrank_pair, router_accuracy
+from quantfid.analysis.router import _unrank_pair, prompt_bootstrap_ci, router_accuracy
 from quantfid.analysis.silent import silent_zone
 
 REF = [1, 1, 1, 1, 1, 1, 0, 0, 0, 0]  # task t1: the reference passes 6 of 10
@@ -121,6 +121,37 @@ def test_router_hand_example():
     assert r["n_ties"] == 1
     assert r["accuracy"]["value"] == pytest.approx(2 / 3)
     assert r["accuracy"]["ci_low"] < 2 / 3 < r["accuracy"]["ci_high"]
+    boot = r["accuracy_prompt_bootstrap"]
+    assert boot["value"] == pytest.approx(2 / 3) and boot["n_prompts"] == 3
+
+
+def test_prompt_bootstrap_ci_widens_when_decisions_share_prompts():
+    # 10 prompts x 50 pairs: every pair decides the same way on a prompt (5 prompts right, 5 wrong). The binomial CI
+    # sees 500 independent decisions; the honest unit is the prompt.
+    correct = np.array([50] * 5 + [0] * 5)
+    decided = np.full(10, 50)
+    boot = prompt_bootstrap_ci(correct, decided, 0.95, 2000, 0)
+    from quantfid.analysis.stats import binomial_estimate
+
+    binom = binomial_estimate(int(correct.sum()), int(decided.sum()))
+    assert boot["value"] == binom.value == 0.5
+    assert boot["ci_low"] < 0.5 < boot["ci_high"]
+    assert boot["ci_high"] - boot["ci_low"] > 4 * (binom.ci_high - binom.ci_low)
+
+
+def test_prompt_bootstrap_ci_against_an_independent_resampling():
+    rng = np.random.default_rng(3)
+    decided = rng.integers(0, 12, 300)
+    correct = rng.binomial(decided, rng.uniform(0.2, 0.8, 300))
+    boot = prompt_bootstrap_ci(correct, decided, 0.9, 4000, 0)
+    keep = decided > 0
+    c, d = correct[keep], decided[keep]
+    idx = np.random.default_rng(11).integers(0, len(c), (4000, len(c)))
+    acc = c[idx].sum(1) / d[idx].sum(1)
+    lo, hi = np.percentile(acc, [5, 95])
+    assert boot["value"] == pytest.approx(correct.sum() / decided.sum())
+    assert boot["n_prompts"] == int(keep.sum())
+    assert boot["ci_low"] == pytest.approx(lo, abs=0.006) and boot["ci_high"] == pytest.approx(hi, abs=0.006)
 
 
 def test_unrank_pair_enumerates_combinations():

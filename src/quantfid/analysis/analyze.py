@@ -165,7 +165,9 @@ def analyze(cohort: Cohort, config: AnalysisConfig | None = None) -> AnalysisRes
     router = None
     if matrices is not None and kld_col is not None:
         failure = failure_prediction(quants, order, matrices, config.level, config.progress)
-        router = router_accuracy(quants, order, matrices, config.max_router_pairs, config.seed, config.level)
+        router = router_accuracy(
+            quants, order, matrices, config.max_router_pairs, config.seed, config.level, config.n_boot
+        )
     elif matrices is None:
         notes.append("no per-prompt outcomes: flips, volume/direction, failure prediction and router are not computed")
     else:

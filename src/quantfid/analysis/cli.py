@@ -144,10 +144,12 @@ def log_analysis_run(res: AnalysisResult, paths: dict[str, Path], tracking_uri: 
                 metrics[f"rho.{r['zone']}.{r['target']}"] = r["rho"]
         if s["router"]:
             metrics["router.accuracy"] = s["router"]["accuracy"]["value"]
+            metrics["router.accuracy_ci_low"] = s["router"]["accuracy_prompt_bootstrap"]["ci_low"]
+            metrics["router.accuracy_ci_high"] = s["router"]["accuracy_prompt_bootstrap"]["ci_high"]
         if s["failure_prediction"] and s["failure_prediction"]["cohort"]["gm_ratio"]["value"] is not None:
             metrics["failure.gm_ratio"] = s["failure_prediction"]["cohort"]["gm_ratio"]["value"]
-        client.log_batch(rid, metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items() if v is not None],
-                         params=[])  # fmt: skip
+        finite = {k: float(v) for k, v in metrics.items() if v is not None and v == v}  # NaN != NaN
+        client.log_batch(rid, metrics=[Metric(k, v, 0, 0) for k, v in finite.items()], params=[])
         client.log_param(rid, "primary_variant", res.primary_variant)
         client.log_artifact(rid, str(paths["report"]))
         client.log_artifact(rid, str(paths["summary"]))

@@ -325,16 +325,18 @@ def write_report(res: AnalysisResult, out_dir: str | Path) -> dict[str, Path]:
         )
     if s["router"] is not None:
         r = s["router"]
-        a = r["accuracy"]
+        a, b = r["accuracy"], r["accuracy_prompt_bootstrap"]
         parts.append("<h2>Router</h2>")
         parts.append(
             f"<p>For pairs of quants, on prompts where exactly one passes, pick the one with the lower "
-            f"per-prompt KLD. Accuracy <b>{_fmt(a['value'])}</b> (exact 95% CI [{_fmt(a['ci_low'])}, "
-            f"{_fmt(a['ci_high'])}], binomial test vs 0.5 p={_fmt(a['p'])}) over {r['n_decisions']} "
-            f"decisions from {r['n_pairs']} pairs ({'a seeded sample' if r['sampled'] else 'all pairs'} of "
-            f"{r['n_pairs_possible']}); ties left out: {r['n_ties']}. Per-pair accuracy: median "
-            f"{_fmt(r['per_pair']['median'])}, 10th-90th percentile [{_fmt(r['per_pair']['p10'])}, "
-            f"{_fmt(r['per_pair']['p90'])}]. Pairs share prompts, so the pooled CI is optimistic. Across "
+            f"per-prompt KLD. Accuracy <b>{_fmt(a['value'])}</b> over {r['n_decisions']} decisions on "
+            f"{b['n_prompts']} prompts from {r['n_pairs']} pairs ({'a seeded sample' if r['sampled'] else 'all pairs'}"
+            f" of {r['n_pairs_possible']}); ties left out: {r['n_ties']}. <b>Bootstrap CI over prompts</b> "
+            f"[{_fmt(b['ci_low'])}, {_fmt(b['ci_high'])}] ({b['n_boot']} resamples of whole prompts: pairs share "
+            f"prompts, so this is the CI to read); the exact binomial CI treating every decision as independent "
+            f"[{_fmt(a['ci_low'])}, {_fmt(a['ci_high'])}] (test vs 0.5 p={_fmt(a['p'])}) is optimistic. Per-pair "
+            f"accuracy: median {_fmt(r['per_pair']['median'])}, 10th-90th percentile "
+            f"[{_fmt(r['per_pair']['p10'])}, {_fmt(r['per_pair']['p90'])}]. Across "
             "quants of different damage, the lower-KLD quant is usually the less damaged one: above-chance "
             "accuracy here can reflect that, not per-prompt direction.</p>"
         )
