@@ -1,12 +1,16 @@
 """GPTQ through transformers' ``GPTQConfig`` (optimum + gptqmodel), calibrated on held-in Python source.
 
-GPU-only here: gptqmodel 7.7 needs torch>=2.14.1; 7.6.0 runs on CPU but compiles a C++ extension for minutes and pins
-numpy 2.2.6, so it is not a core dependency. On CPU the config fails before any model load with a clear error.
+gptqmodel is not a core dependency: 7.7.0 ships only an sdist (pure Python, builds in seconds) whose metadata asks
+for torch>=2.14.1, so it is installed with ``--no-deps`` (plus its small deps) next to the pinned torch 2.13.0, where
+it works. On CPU the result runs on gptqmodel's portable ``TorchLinear`` kernel: the kernel ``auto`` picks on an
+AVX-512 CPU gives the same logits but fails the forward pass at group_size=-1. Packing JIT-compiles a small C++
+extension on first use (~40 s, cached in ``~/.cache/gptqmodel``; without a compiler it falls back to Python).
 """
 
 from __future__ import annotations
 
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from quantfid.models.loading import ModelSpec, Reference
 from quantfid.quant.base import BackendResult, QuantUnavailableError, register
@@ -14,20 +18,35 @@ from quantfid.quant.config import QuantConfig, QuantConfigError
 from quantfid.quant.hf_common import load_quantized, split_targets
 
 
-def calibration_texts(n: int, chars: int = 2000) -> list[str]:
+def calibration_batches(tokenizer: PreTrainedTokenizerBase, n: int, seqlen: int) -> list[dict[str, list[list[int]]]]:
+    """``n`` windows of exactly ``seqlen`` tokens of held-in stdlib source, already tokenized.
+
+    optimum tokenizes a list of strings without truncation, so text calibration ran past the model's positions
+    (2,000 characters are ~780 organism tokens against 256 positions) and calibrated on activations it never sees.
+    """
     from quantfid.organism import corpus
 
-    text = corpus.read_text(corpus.stdlib_files("train"), max_chars=n * chars)
-    return [text[i * chars : (i + 1) * chars] for i in range(n)]
+    files = corpus.stdlib_files("train")
+    chars = n * seqlen * 4
+    while True:
+        text = corpus.read_text(files, max_chars=chars)
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        if len(ids) >= n * seqlen or len(text) < chars:  # enough tokens, or the whole corpus read
+            break
+        chars *= 2
+    if len(ids) < n * seqlen:
+        raise QuantConfigError(f"quant.calibration_samples={n}: the corpus holds only {len(ids) // seqlen} windows")
+    return [{"input_ids": [ids[i * seqlen : (i + 1) * seqlen]], "attention_mask": [[1] * seqlen]} for i in range(n)]
 
 
 @register("gptq")
 def gptq_backend(spec: ModelSpec, cfg: QuantConfig, reference: Reference) -> BackendResult:
     try:
-        import gptqmodel  # noqa: F401
+        from gptqmodel.nn_modules.qlinear import BaseQuantLinear
     except ImportError as err:
         raise QuantUnavailableError(
-            f"quant={cfg.name!r} needs gptqmodel (pip install 'gptqmodel' on a CUDA machine with a matching torch)"
+            f"quant={cfg.name!r} needs gptqmodel: pip install --no-deps gptqmodel==7.7.0 plus its small deps "
+            "(see docs/quant.md); a plain install pulls torch>=2.14.1"
         ) from err
     from transformers import GPTQConfig
 
@@ -38,17 +57,22 @@ def gptq_backend(spec: ModelSpec, cfg: QuantConfig, reference: Reference) -> Bac
             f"quant.skip={o['skip']!r}: the gptq backend quantizes every decoder-block Linear and never lm_head; "
             "allowed: ['lm_head']"
         )
+    seqlen = min(getattr(reference.model.config, "max_position_embeddings", None) or 2048, 2048)
     qconf = GPTQConfig(
         bits=o["bits"],
         group_size=o["group_size"],
         sym=o["sym"],
         desc_act=o["desc_act"],
-        dataset=calibration_texts(o["calibration_samples"]),
-        tokenizer=reference.tokenizer,
+        act_group_aware=o["group_size"] > 0,  # GAR reorders within groups: gptqmodel refuses it at group_size=-1
+        dataset=calibration_batches(reference.tokenizer, o["calibration_samples"], seqlen),
+        model_seqlen=seqlen,
+        backend="auto" if spec.device.startswith("cuda") else "gptq_torch",
     )
     model = load_quantized(spec, cfg, qconf)
 
     def is_quantized(name: str, module: nn.Module) -> bool:
-        return "QuantLinear" in type(module).__name__
+        # the kernel class depends on the device and CPU (TorchCpuAvx512Linear, TorchLinear, Marlin...): all derive
+        # from gptqmodel's BaseQuantLinear
+        return isinstance(module, BaseQuantLinear)
 
     return BackendResult(model=model, targets=targets, is_quantized=is_quantized)

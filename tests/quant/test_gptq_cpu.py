@@ -1,0 +1,70 @@
+"""GPTQ on CPU: optimum's GPTQ with gptqmodel 7.7.0 (installed ``--no-deps`` next to torch 2.13.0) on the organism.
+
+The quantization tests need gptqmodel and skip without it; the calibration test runs everywhere. They run the steps
+``quantize()`` runs after its GPU-only gate (backend, accounting, verification), because quant/config.py still marks
+gptq GPU-only.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from quantfid.organism import corpus
+from quantfid.quant import load_quant_config, quantize, validate_quant_config
+from quantfid.quant.base import account, probe_batch, probe_logits, verify
+from quantfid.quant.gptq import calibration_batches, gptq_backend
+
+
+def test_calibration_batches_are_held_in_token_windows_within_the_model_positions(organism_reference):
+    tok = organism_reference.tokenizer
+    seqlen = organism_reference.model.config.max_position_embeddings
+    batches = calibration_batches(tok, 3, seqlen)
+    assert len(batches) == 3
+    for b in batches:
+        assert len(b["input_ids"]) == 1 and len(b["input_ids"][0]) == seqlen  # one row, never past the positions
+        assert b["attention_mask"] == [[1] * seqlen]
+    windows = [b["input_ids"][0] for b in batches]
+    assert len({tuple(w) for w in windows}) == 3  # consecutive, not the same window repeated
+    # the windows are the start of the held-in (train) stdlib text, never held-out source
+    head = corpus.read_text(corpus.stdlib_files("train"), max_chars=20_000)
+    assert head.startswith(tok.decode(windows[0])[:200])
+
+
+# (gptq config, rtn config at the same bits and grouping): GPTQ's error compensation must beat plain rounding
+CASES = [
+    ({**load_quant_config("gptq_w4_g128"), "calibration_samples": 8}, "rtn_w4_g128"),
+    ({"name": "gptq_w4_row", "backend": "gptq", "bits": 4, "group_size": -1, "calibration_samples": 8}, "rtn_w4_row"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("gptq_cfg", "rtn_name"), CASES, ids=["g128", "row"])
+def test_gptq_quantizes_the_organism_on_cpu_and_beats_rtn(organism_spec, organism_reference, gptq_cfg, rtn_name):
+    pytest.importorskip("gptqmodel", reason="gptqmodel is not installed (pip install --no-deps gptqmodel==7.7.0)")
+    from gptqmodel.nn_modules.qlinear import BaseQuantLinear
+
+    ref = organism_reference
+    qc = validate_quant_config(gptq_cfg)
+    ids = probe_batch(ref)
+    ref_logits = probe_logits(ref.model, ids)
+    result = gptq_backend(organism_spec, qc, ref)
+    result.model.eval()
+    bpw, _, _ = account(result, ref)
+    v = verify(qc, result, ref, ref_logits, ids)  # raises on a silent fallback, unused weights or a failed forward
+
+    modules = dict(result.model.named_modules())
+    assert len(result.targets) == v["n_quantized"] == 28
+    assert all(isinstance(modules[t], BaseQuantLinear) for t in result.targets)
+    assert not isinstance(modules["lm_head"], BaseQuantLinear)
+    # held per module: 4-bit codes, an fp16 scale and a packed 4-bit zero per group and row, an int32 g_idx per input
+    ref_mods = dict(ref.model.named_modules())
+    bits = weights = 0
+    for t in result.targets:
+        out_f, in_f = ref_mods[t].weight.shape
+        groups = 1 if qc.options["group_size"] == -1 else in_f // qc.options["group_size"]
+        bits += out_f * in_f * 4 + groups * out_f * (16 + 4) + in_f * 32
+        weights += out_f * in_f
+    assert bpw == pytest.approx(bits / weights)
+
+    rtn = quantize(organism_spec, load_quant_config(rtn_name), ref)
+    assert 0 < v["probe_kld_mean"] < 0.8 * rtn.verification["probe_kld_mean"]
