@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,40 +40,43 @@ def prose_files() -> list[Path]:
     return files
 
 
-def corpus_text(name: str, max_chars: int | None = None) -> list[str]:
-    """The corpus as documents (each tokenised separately and joined with EOS)."""
+def corpus_documents(name: str) -> Iterator[str]:
+    """The corpus as documents, lazily (each file of ``code`` and ``prose``, each task instance of ``tasks``), so a
+    token budget reads and tokenises only what it needs."""
     if name == "code":
         from quantfid.organism import corpus
 
-        return [corpus.read_text(corpus.stdlib_files("heldout"), max_chars=max_chars)]
+        return (p.read_text(encoding="utf-8", errors="replace") for p in corpus.stdlib_files("heldout"))
     if name == "prose":
-        text = "\n\n".join(p.read_text(encoding="utf-8", errors="replace") for p in prose_files())
-        return [text[:max_chars] if max_chars else text]
+        return (p.read_text(encoding="utf-8", errors="replace") for p in prose_files())
     if name == "tasks":
         from quantfid.organism.evaluate import heldout_instances
 
         instances = heldout_instances(TASKS_PER_FAMILY)
         random.Random(0).shuffle(instances)
-        return [inst.prompt + inst.answer for inst in instances]
+        return (inst.prompt + inst.answer for inst in instances)
     raise FidelityError(f"fidelity.corpus={name!r} is not known; choose one of {list(CORPORA)}")
 
 
 def load_corpus(name: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int | None = None) -> np.ndarray:
     """Token ids (int64) of corpus ``name`` under ``tokenizer``, at most ``max_tokens`` of them.
 
-    Documents are tokenised without special tokens and joined with EOS (the separator the organism was trained
-    with); windows and BOS handling are the cache's business.
+    Documents are tokenised one at a time without special tokens and joined with EOS (the separator the organism was
+    trained with), stopping once the budget is filled: memory follows the budget and the longest document, not the
+    corpus. Windows and BOS handling are the cache's business.
     """
-    max_chars = None if max_tokens is None else max_tokens * _CHARS_PER_TOKEN_BOUND
-    docs = corpus_text(name, max_chars)
-    encoded = tokenizer(docs, add_special_tokens=False)["input_ids"]
     sep = tokenizer.eos_token_id
-    ids: list[int] = []
-    for i, doc in enumerate(encoded):
-        if i and sep is not None:
-            ids.append(sep)
-        ids.extend(doc)
-        if max_tokens is not None and len(ids) >= max_tokens:
+    parts: list[np.ndarray] = []
+    n = 0
+    for i, doc in enumerate(corpus_documents(name)):
+        if max_tokens is not None and n >= max_tokens:
             break
-    out = np.asarray(ids, dtype=np.int64)
+        if max_tokens is not None:  # a long document: tokenise no more text than the budget can use
+            doc = doc[: (max_tokens - n) * _CHARS_PER_TOKEN_BOUND]
+        ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
+        if i and sep is not None:
+            ids = [sep, *ids]
+        parts.append(np.asarray(ids, dtype=np.int64))
+        n += len(ids)
+    out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     return out[:max_tokens] if max_tokens is not None else out

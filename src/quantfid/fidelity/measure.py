@@ -101,8 +101,10 @@ def measure(
     tokens, lengths, offsets = cache.array("tokens"), cache.array("lengths"), cache.array("row_offsets")
     bs = batch_size or int(m["batch_size"])
     pad = pad_id(tokenizer) if tokenizer is not None else 0
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in PER_TOKEN_FIELDS}
-    windows: list[np.ndarray] = []
+    # preallocated outputs filled batch by batch: no per-batch arrays kept between the large transient buffers of
+    # each forward pass (which fragments the heap and makes peak memory grow with the corpus)
+    n_rows = int(offsets[cache.n_windows])
+    per_token: dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
     for start in tqdm(
         range(0, cache.n_windows, bs),
@@ -130,13 +132,16 @@ def measure(
             result.seconds = time.perf_counter() - t0
             return result
         lq = log_probs(rows)
-        ref = _cache_rows(cache, int(offsets[start]), int(offsets[stop]), device)
+        r0, r1 = int(offsets[start]), int(offsets[stop])
+        ref = _cache_rows(cache, r0, r1, device)
         per = per_token_exact(lq, targets, ref["lp"]) if cache.exact else per_token_topk(lq, targets, **ref)
         for k, v in per.items():
-            parts[k].append(v.cpu().numpy())
-        windows.append(np.repeat(np.arange(start, stop), np.diff(np.asarray(offsets[start : stop + 1]))))
-    per_token = {k: np.concatenate(v) for k, v in parts.items()}
-    per_token["window"] = np.concatenate(windows).astype(np.int32)
+            values = v.cpu().numpy()
+            if k not in per_token:
+                per_token[k] = np.empty(n_rows, dtype=values.dtype)
+            per_token[k][r0:r1] = values
+    per_token = {k: per_token[k] for k in PER_TOKEN_FIELDS}
+    per_token["window"] = np.repeat(np.arange(cache.n_windows), np.diff(np.asarray(offsets))).astype(np.int32)
     result.per_token = per_token
     bad = [k for k in ("kld", "kld_rev", "nll_quant") if not np.all(np.isfinite(per_token[k]))]
     if "kld" in bad or "nll_quant" in bad:
