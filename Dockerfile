@@ -31,7 +31,9 @@ COPY mlflow_plugins ./mlflow_plugins
 COPY conf ./conf
 COPY scripts ./scripts
 # Editable install: `quantfid-sweep` reads its Hydra configs from /app/conf next to the sources.
+# hydra-ray-launcher alone (--no-deps): it pins cloudpickle<3 and pulls boto3 for its AWS launcher (scripts/setup.sh).
 RUN .venv/bin/pip install -e ".[quant,bench,launchers,team]" \
+    && .venv/bin/pip install --no-deps "hydra-ray-launcher==1.2.2" \
     && touch .venv/.quantfid-installed
 
 ENV PATH="/app/.venv/bin:${PATH}"
