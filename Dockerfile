@@ -14,11 +14,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false
 
-# git: provenance tags (quantfid.git_commit); postgresql-client: team mode from inside the container.
+# git: provenance tags (quantfid.git_commit); postgresql-client: team mode from inside the container; gcc/g++:
+# pypcre's C extension and gptqmodel's packing kernel (compiled on first use).
 # DL3008: bookworm's own versions of two client tools; pinning them would break on every point release.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git postgresql-client \
+    && apt-get install -y --no-install-recommends git postgresql-client gcc g++ \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
@@ -31,9 +32,12 @@ COPY mlflow_plugins ./mlflow_plugins
 COPY conf ./conf
 COPY scripts ./scripts
 # Editable install: `quantfid-sweep` reads its Hydra configs from /app/conf next to the sources.
-# hydra-ray-launcher alone (--no-deps): it pins cloudpickle<3 and pulls boto3 for its AWS launcher (scripts/setup.sh).
+# --no-deps (scripts/setup.sh says why): hydra-ray-launcher pins cloudpickle<3 and pulls boto3 for its AWS launcher;
+# gptqmodel's metadata asks for torch>=2.14.1 but runs on the pinned 2.13.0. pypcre builds a C extension: needs gcc.
 RUN .venv/bin/pip install -e ".[quant,bench,launchers,team]" \
     && .venv/bin/pip install --no-deps "hydra-ray-launcher==1.2.2" \
+    && .venv/bin/pip install --no-deps "gptqmodel==7.7.0" "pypcre==0.6.4" "tokenicer==0.0.14" "logbar==0.4.15" \
+        "device-smi==0.5.7" "defuser==0.0.28" \
     && touch .venv/.quantfid-installed
 
 ENV PATH="/app/.venv/bin:${PATH}"

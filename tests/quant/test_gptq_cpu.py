@@ -1,8 +1,8 @@
 """GPTQ on CPU: optimum's GPTQ with gptqmodel 7.7.0 (installed ``--no-deps`` next to torch 2.13.0) on the organism.
 
-The quantization tests need gptqmodel and skip without it; the calibration test runs everywhere. They run the steps
-``quantize()`` runs after its GPU-only gate (backend, accounting, verification), because quant/config.py still marks
-gptq GPU-only.
+The quantization tests need gptqmodel (scripts/setup.sh installs it, so CI runs them) and skip without it; the
+calibration test runs everywhere. They go through ``quantize()``: validation, the backend, accounting and
+verification (which raises on a silent fallback).
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 
 from quantfid.organism import corpus
-from quantfid.quant import load_quant_config, quantize, validate_quant_config
-from quantfid.quant.base import account, probe_batch, probe_logits, verify
-from quantfid.quant.gptq import calibration_batches, gptq_backend
+from quantfid.quant import load_quant_config, quantize
+from quantfid.quant.base import linear_names
+from quantfid.quant.gptq import calibration_batches
 
 
 def test_calibration_batches_are_held_in_token_windows_within_the_model_positions(organism_reference):
@@ -44,24 +44,20 @@ def test_gptq_quantizes_the_organism_on_cpu_and_beats_rtn(organism_spec, organis
     from gptqmodel.nn_modules.qlinear import BaseQuantLinear
 
     ref = organism_reference
-    qc = validate_quant_config(gptq_cfg)
-    ids = probe_batch(ref)
-    ref_logits = probe_logits(ref.model, ids)
-    result = gptq_backend(organism_spec, qc, ref)
-    result.model.eval()
-    bpw, _, _ = account(result, ref)
-    v = verify(qc, result, ref, ref_logits, ids)  # raises on a silent fallback, unused weights or a failed forward
+    q = quantize(organism_spec, gptq_cfg, ref)  # raises on a silent fallback, unused weights or a failed forward
+    v, bpw = q.verification, q.bits_per_weight
+    targets = [n for n in linear_names(ref.model) if n != "lm_head"]
 
-    modules = dict(result.model.named_modules())
-    assert len(result.targets) == v["n_quantized"] == 28
-    assert all(isinstance(modules[t], BaseQuantLinear) for t in result.targets)
+    modules = dict(q.model.named_modules())
+    assert len(targets) == v["n_quantized"] == 28
+    assert all(isinstance(modules[t], BaseQuantLinear) for t in targets)
     assert not isinstance(modules["lm_head"], BaseQuantLinear)
     # held per module: 4-bit codes, an fp16 scale and a packed 4-bit zero per group and row, an int32 g_idx per input
     ref_mods = dict(ref.model.named_modules())
     bits = weights = 0
-    for t in result.targets:
+    for t in targets:
         out_f, in_f = ref_mods[t].weight.shape
-        groups = 1 if qc.options["group_size"] == -1 else in_f // qc.options["group_size"]
+        groups = 1 if gptq_cfg["group_size"] == -1 else in_f // gptq_cfg["group_size"]
         bits += out_f * in_f * 4 + groups * out_f * (16 + 4) + in_f * 32
         weights += out_f * in_f
     assert bpw == pytest.approx(bits / weights)

@@ -25,7 +25,7 @@ from quantfid.quant import (
 from quantfid.quant.base import BackendResult, probe_batch, probe_logits, verify
 from quantfid.quant.rtn import rtn_storage_bits
 
-GPU_ONLY = ["torchao_int4_wo", "gptq_w4_g128"]
+GPU_ONLY = ["torchao_int4_wo"]
 
 
 @pytest.mark.parametrize("name", GPU_ONLY)

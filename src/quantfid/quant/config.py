@@ -176,10 +176,7 @@ SCHEMAS: dict[str, BackendSchema] = {
                 Option("calibration_samples", int, default=64, check=lambda v: None if v > 0 else "must be > 0"),
                 SKIP,
             ),
-            doc="GPTQ through transformers' GPTQConfig (optimum + gptqmodel); needs CUDA here",
-            gpu_only=lambda c: (
-                "GPTQ calibration through optimum/gptqmodel needs a CUDA device (and gptqmodel installed)"
-            ),
+            doc="GPTQ through transformers' GPTQConfig (optimum + gptqmodel 7.7), on CPU or CUDA",
         ),
     ]
 }
