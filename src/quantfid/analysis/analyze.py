@@ -266,8 +266,9 @@ def _headline(corr: pd.DataFrame, primary: str, failure: dict | None, router: di
                      "ci_high": _clean(a["ci_high"]), "p": _clean(a["p"]), "n": a["n_quants"],
                      "paper": None})  # fmt: skip
     if router is not None:
-        a = router["accuracy"]
-        rows.append({**{k: a[k] for k in ("value", "ci_low", "ci_high", "p", "n")}, "name": "router.accuracy",
+        a, b = router["accuracy"], router["accuracy_prompt_bootstrap"]  # the CI that respects shared prompts
+        rows.append({"name": "router.accuracy", "value": a["value"], "ci_low": _clean(b["ci_low"]),
+                     "ci_high": _clean(b["ci_high"]), "p": a["p"], "n": a["n"],
                      "paper": PAPER["router.accuracy"]})  # fmt: skip
     return rows
 
