@@ -68,7 +68,7 @@ def test_real_model_preset_targets_a_hub_model_on_gpu():
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_every_launcher_config_composes(launcher):
     cfg = _compose(["experiment=smoke", f"hydra/launcher={launcher}"])
-    engine = {"parallel": "joblib", "slurm": "submitit", "slurm_local": "submitit"}[launcher]
+    engine = {"parallel": "joblib", "slurm": "submitit", "slurm_local": "submitit", "ray": "ray"}[launcher]
     assert engine in cfg.hydra.launcher._target_.lower()
     if launcher == "slurm_local":
         assert "LocalLauncher" in cfg.hydra.launcher._target_
