@@ -20,7 +20,7 @@ from quantfid.bench import (
 from quantfid.bench.cache import outcome_cache_path
 from quantfid.bench.registry import load_task
 from quantfid.bench.sandbox import check_function
-from quantfid.bench.scoring import generate_greedy, generate_until
+from quantfid.bench.scoring import generate_until
 from quantfid.organism import tasks as organism_tasks
 from quantfid.organism.evaluate import EVAL_SEED, score_tasks
 
@@ -211,7 +211,7 @@ def test_choice_scoring_against_an_independent_float64_loglikelihood(tiny, tmp_p
 def test_exact_scoring_normalisation_on_local_data(tiny, tmp_path, monkeypatch):
     model, tok = tiny
     prompts = ["1+1=", "2+2="]
-    greedy = generate_greedy(model, tok, prompts, 4)
+    greedy = generate_until(model, tok, prompts, 4)
     # answers the model's own outputs, up to case and whitespace: lower_strip passes them, none does not
     recs = [{"prompt": p, "answer": "  " + g.upper() + " "} for p, g in zip(prompts, greedy, strict=True)]
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))

@@ -120,3 +120,13 @@ def test_hydra_composes_a_quant_group(tmp_path):
     qc = validate_quant_config(cfg.quant)
     assert qc.name == "rtn_mix_attn8_mlp3"
     assert qc.options["overrides"] == {"*.self_attn.*": 8, "*.mlp.*": 3}
+
+
+@pytest.mark.parametrize("acc", ["-1", "201"])
+def test_cohort_table_refuses_more_accuracy_prompts_than_the_held_out_sets(acc, capsys):
+    from quantfid.quant.cohort import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--acc", acc])  # before any model is loaded
+    assert exc.value.code == 2
+    assert "--acc must be between 0 and 200" in capsys.readouterr().err

@@ -13,18 +13,6 @@ def _batches(n: int, size: int) -> list[range]:
     return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def generate_greedy(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    max_new_tokens: int = 32,
-    batch_size: int = 64,
-    desc: str = "generate",
-) -> list[str]:
-    """Greedy completions, each cut at its first newline (:func:`generate_until` with ``stop=("\\n",)``)."""
-    return generate_until(model, tokenizer, prompts, max_new_tokens, ("\n",), batch_size=batch_size, desc=desc)
-
-
 @torch.no_grad()
 def choice_loglikelihoods(
     model: PreTrainedModel,

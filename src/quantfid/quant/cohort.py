@@ -142,8 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream", action="store_true", help="also write each row to stderr as it is measured")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
-    if not 0 <= args.acc <= 200:
-        parser.error("--acc must be between 0 and 200 (the organism's held-out prompts per family)")
+    from quantfid.organism.evaluate import EVAL_PER_FAMILY
+
+    if not 0 <= args.acc <= EVAL_PER_FAMILY:
+        parser.error(f"--acc must be between 0 and {EVAL_PER_FAMILY} (the organism's held-out prompts per family)")
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.quants or cohort(args.cohort)
