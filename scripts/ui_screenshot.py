@@ -27,8 +27,6 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +37,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from quantfid.tracking.team import free_port, stop_process_group, wait_healthy
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -56,32 +56,6 @@ CHROMIUM_FLAGS = [
 ROLES = ("quant", "reference")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _kill_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-    """Stop a process started with start_new_session=True and everything it spawned (uvicorn workers, renderers)."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # children that outlived the leader (renderers, uvicorn workers)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            return
-        time.sleep(0.1)
-
-
 @contextmanager
 def mlflow_server(store: Path, log: Path, timeout: float = 300) -> Iterator[tuple[str, int]]:
     """A real `mlflow server` on the sqlite store; yields its URI and process group, stops the whole group on exit."""
@@ -94,20 +68,10 @@ def mlflow_server(store: Path, log: Path, timeout: float = 300) -> Iterator[tupl
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {proc.returncode}; see {log}")
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow server at {uri} not healthy after {timeout:.0f} s; see {log}") from None
-                time.sleep(0.5)
+        wait_healthy(uri, proc, log, timeout)
         yield uri, proc.pid
     finally:
-        _kill_group(proc)
+        stop_process_group(proc.pid, 30, proc)
 
 
 def api(uri: str, path: str, body: dict | None = None, query: dict | None = None) -> dict:
@@ -248,7 +212,7 @@ class Chromium:
             os.close(self._in)
         except OSError:
             pass
-        _kill_group(self.proc, timeout=10)
+        stop_process_group(self.proc.pid, 10, self.proc)
         shutil.rmtree(self.profile, ignore_errors=True)
 
 

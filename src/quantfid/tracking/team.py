@@ -137,7 +137,8 @@ def _psql(pg_port: int, password: str, sql: str) -> None:
     _run([pg_bin("psql"), "-h", "127.0.0.1", "-p", str(pg_port), "-U", "quantfid", "-d", "postgres", "-c", sql], env)
 
 
-def _wait_healthy(uri: str, proc: subprocess.Popen, log: Path, timeout: float | None = None) -> None:
+def wait_healthy(uri: str, proc: subprocess.Popen, log: Path, timeout: float | None = None) -> None:
+    """Block until the `mlflow server` at ``uri`` answers /health; fail with its log when it exits or times out."""
     timeout = timeout or START_TIMEOUT_S
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -211,7 +212,7 @@ def start(state_dir: str | os.PathLike, port: int | None = None, workers: int = 
     (d / STATE).write_text(json.dumps(asdict(state), indent=1))
     os.chmod(d / STATE, 0o600)
     try:
-        _wait_healthy(state.uri, proc, log)
+        wait_healthy(state.uri, proc, log)
     except TeamServerError:
         stop(d)
         raise
@@ -228,27 +229,28 @@ def load_state(state_dir: str | os.PathLike) -> TeamState:
     return TeamState(**json.loads(path.read_text()))
 
 
-def _kill_group(pid: int, timeout: float = 20.0) -> None:
-    try:
+def stop_process_group(pid: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    """SIGTERM a process group (a server started with start_new_session=True and everything it spawned), wait until
+    no member is left, SIGKILL what remains after ``timeout``. ``proc``: the leader, when it is our child, so it is
+    reaped (a zombie leader would keep the group alive)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline + 10:  # then give up on an unkillable (D-state) member
+        if proc is not None:
+            proc.poll()
         try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
+            os.killpg(pid, 0 if time.monotonic() < deadline else signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
             return
-        time.sleep(0.3)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+        time.sleep(0.2)
 
 
 def stop(state_dir: str | os.PathLike, purge: bool = False) -> None:
     """Stop the mlflow server (its whole process group) and PostgreSQL; a temp cluster is removed."""
     d = Path(state_dir).resolve()
     state = load_state(d)
-    _kill_group(state.server_pid)
+    stop_process_group(state.server_pid)
     pgdata = Path(state.pgdata)
     if (pgdata / "postmaster.pid").exists():
         subprocess.run(
