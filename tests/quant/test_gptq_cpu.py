@@ -64,3 +64,13 @@ def test_gptq_quantizes_the_organism_on_cpu_and_beats_rtn(organism_spec, organis
 
     rtn = quantize(organism_spec, load_quant_config(rtn_name), ref)
     assert 0 < v["probe_kld_mean"] < 0.8 * rtn.verification["probe_kld_mean"]
+
+
+def test_more_calibration_windows_than_the_corpus_holds_is_one_clear_error(organism_reference, tmp_path, monkeypatch):
+    from quantfid.quant import QuantConfigError
+
+    small = tmp_path / "small.py"
+    small.write_text("def f(x):\n    return x + 1\n" * 40)
+    monkeypatch.setattr(corpus, "stdlib_files", lambda split: [small])  # a corpus of a few hundred tokens
+    with pytest.raises(QuantConfigError, match=r"quant\.calibration_samples=50: the corpus holds only \d+ windows"):
+        calibration_batches(organism_reference.tokenizer, 50, 256)
