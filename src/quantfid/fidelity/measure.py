@@ -104,7 +104,7 @@ def measure(
     # preallocated outputs filled batch by batch: no per-batch arrays kept between the large transient buffers of
     # each forward pass (which fragments the heap and makes peak memory grow with the corpus)
     n_rows = int(offsets[cache.n_windows])
-    per_token: dict[str, np.ndarray] = {}
+    per_token = {k: np.empty(n_rows, dtype=bool if k == "top1" else np.float64) for k in PER_TOKEN_FIELDS}
     t0 = time.perf_counter()
     for start in tqdm(
         range(0, cache.n_windows, bs),
@@ -136,11 +136,7 @@ def measure(
         ref = _cache_rows(cache, r0, r1, device)
         per = per_token_exact(lq, targets, ref["lp"]) if cache.exact else per_token_topk(lq, targets, **ref)
         for k, v in per.items():
-            values = v.cpu().numpy()
-            if k not in per_token:
-                per_token[k] = np.empty(n_rows, dtype=values.dtype)
-            per_token[k][r0:r1] = values
-    per_token = {k: per_token[k] for k in PER_TOKEN_FIELDS}
+            per_token[k][r0:r1] = v.cpu().numpy()
     per_token["window"] = np.repeat(np.arange(cache.n_windows), np.diff(np.asarray(offsets))).astype(np.int32)
     result.per_token = per_token
     bad = [k for k in ("kld", "kld_rev", "nll_quant") if not np.all(np.isfinite(per_token[k]))]
