@@ -124,9 +124,25 @@ def test_hydra_composes_a_quant_group(tmp_path):
 
 @pytest.mark.parametrize("acc", ["-1", "201"])
 def test_cohort_table_refuses_more_accuracy_prompts_than_the_held_out_sets(acc, capsys):
-    from quantfid.quant.cohort import main
+    from quantfid.quant.cohort_table import main
 
     with pytest.raises(SystemExit) as exc:
         main(["--acc", acc])  # before any model is loaded
     assert exc.value.code == 2
     assert "--acc must be between 0 and 200" in capsys.readouterr().err
+
+
+def test_the_cohort_function_is_not_shadowed_by_a_submodule():
+    # importing a submodule sets it as an attribute of its package: a submodule named like a public function of
+    # quantfid.quant replaced that function for every later `from quantfid.quant import ...` (the sweep's resolver)
+    import importlib
+    import pkgutil
+
+    import quantfid.quant as quant_pkg
+
+    for mod in pkgutil.iter_modules(quant_pkg.__path__):
+        importlib.import_module(f"quantfid.quant.{mod.name}")
+        assert mod.name not in quant_pkg.__all__, f"submodule {mod.name} shadows quantfid.quant.{mod.name}"
+    from quantfid.quant import cohort as cohort_fn
+
+    assert callable(cohort_fn) and "reference" in cohort_fn("organism")

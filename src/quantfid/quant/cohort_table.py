@@ -1,8 +1,8 @@
 """Quantize a whole cohort once and print its table: effective bits, size, and a cheap span proxy.
 
-``python -m quantfid.quant.cohort --table`` prints, for every config of the cohort, the backend, effective bits per
-weight, model bytes and the probe-batch verification. ``--kld N`` adds the proxy used to choose the cohort: mean
-token KL(reference || quant) and top-1 agreement on N held-out windows of Python source the organism never saw;
+``python -m quantfid.quant.cohort_table --table`` prints, for every config of the cohort, the backend, effective
+bits per weight, model bytes and the probe-batch verification. ``--kld N`` adds the proxy used to choose the cohort:
+mean token KL(reference || quant) and top-1 agreement on N held-out windows of Python source the organism never saw;
 ``--acc K`` adds organism task accuracy on K held-out prompts per task family (slower: greedy generation).
 """
 
@@ -129,7 +129,7 @@ def markdown_table(rows: Sequence[Row], header: bool = True) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m quantfid.quant.cohort", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m quantfid.quant.cohort_table", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cohort", default="organism", help="conf/cohort/<name>.yaml (default: organism)")
     parser.add_argument("--quants", nargs="*", help="explicit quant config names instead of a cohort")
     parser.add_argument("--model", default="organism", help="model name_or_path (default: the shipped organism)")
