@@ -31,10 +31,11 @@ COPY src ./src
 COPY mlflow_plugins ./mlflow_plugins
 COPY conf ./conf
 COPY scripts ./scripts
-# Editable install: `quantfid-sweep` reads its Hydra configs from /app/conf next to the sources.
+# A plain (non-editable) install, as tests/test_packaging.py checks: the Hydra configs and the organism are package
+# data, read from site-packages. quantfid's MLflow plugins are their own distribution (mlflow_plugins/).
 # --no-deps (scripts/setup.sh says why): hydra-ray-launcher pins cloudpickle<3 and pulls boto3 for its AWS launcher;
 # gptqmodel's metadata asks for torch>=2.14.1 but runs on the pinned 2.13.0. pypcre builds a C extension: needs gcc.
-RUN .venv/bin/pip install -e ".[quant,bench,launchers,team]" \
+RUN .venv/bin/pip install ./mlflow_plugins ".[quant,bench,launchers,team]" \
     && .venv/bin/pip install --no-deps "hydra-ray-launcher==1.2.2" \
     && .venv/bin/pip install --no-deps "gptqmodel==7.7.0" "pypcre==0.6.4" "tokenicer==0.0.14" "logbar==0.4.15" \
         "device-smi==0.5.7" "defuser==0.0.28" \

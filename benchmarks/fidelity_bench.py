@@ -26,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quantfid.api.divergence import log_probs
 from quantfid.fidelity import FidelitySettings, build_cache, measure
 from quantfid.fidelity.cache import ReferenceCache, batch_input, pad_id, scored_rows
-from quantfid.fidelity.metrics import log_probs, per_token_exact, per_token_topk, sample_tail, tail_logmass
+from quantfid.fidelity.metrics import per_token_exact, per_token_topk, sample_tail, tail_logmass
 from quantfid.models.loading import ModelSpec, load_reference
-from quantfid.quant.rtn import rtn_quantize_
+from quantfid.quant.backends.rtn import rtn_quantize_
 
 
 def rtn_quant(model: torch.nn.Module, bits: int, group: int = 64) -> torch.nn.Module:

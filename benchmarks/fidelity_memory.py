@@ -21,7 +21,7 @@ import copy, json, resource, sys, tempfile
 import torch
 from quantfid.fidelity import FidelitySettings, build_cache, measure
 from quantfid.models.loading import ModelSpec, load_reference
-from quantfid.quant.rtn import rtn_quantize_
+from quantfid.quant.backends.rtn import rtn_quantize_
 
 def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

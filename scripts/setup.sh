@@ -10,10 +10,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.quantfid-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ mlflow_plugins/pyproject.toml -nt "$stamp" ] \
+    || [ scripts/setup.sh -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[all]" 2>&1 | grep -v "^WARNING: Location" || true
+  # quantfid's MLflow plugins are their own distribution (mlflow_plugins/): install them first, then quantfid.
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ./mlflow_plugins -e ".[all]" 2>&1 \
+    | grep -v "^WARNING: Location" || true
   # hydra-ray-launcher 1.2.2 pins cloudpickle<3 (joblib 1.6 needs 3.x; the launcher runs fine with 3.x) and asks for
   # boto3 and ray[default], which only its AWS launcher uses: install it alone; `ray` itself comes from [launchers].
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "hydra-ray-launcher==1.2.2" 2>&1 | grep -v "^WARNING: Location" || true
@@ -21,6 +24,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
   # runs with the pinned torch 2.13.0: install it and its small deps alone (docs/quant.md).
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "gptqmodel==7.7.0" "pypcre==0.6.4" \
     "tokenicer==0.0.14" "logbar==0.4.15" "device-smi==0.5.7" "defuser==0.0.28" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import torch, quantfid, ray, hydra_plugins.hydra_ray_launcher, gptqmodel; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+  .venv/bin/python -c "import torch, quantfid, quantfid_mlflow, ray, hydra_plugins.hydra_ray_launcher, gptqmodel; assert torch.__version__.startswith('2.13.0'), torch.__version__"
   touch "$stamp"
 fi

@@ -13,8 +13,8 @@ from quantfid.models import ModelSpec, load_model, load_tokenizer, organism_path
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random 2-layer LlamaForCausalLM with a BPE trained on task text, saved as a transformers checkpoint."""
-    from quantfid.models.tiny import save_random_llama
-    from quantfid.organism import tasks
+    from quantfid.data import tasks
+    from quantfid.models.random import save_random_llama
 
     texts = [f"{i.prompt}{i.answer}" for i in itertools.islice(tasks.training_stream(seed=0), 3000)]
     out = tmp_path_factory.mktemp("tiny-llama")

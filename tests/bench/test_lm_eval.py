@@ -8,7 +8,8 @@ import random
 import pytest
 import yaml
 
-from quantfid.bench import OUTCOME_COLUMNS, TaskConfigError, run_lm_eval, run_tasks
+from quantfid.api.schema import OUTCOME_COLUMNS
+from quantfid.bench import TaskConfigError, run_lm_eval, run_tasks
 
 
 @pytest.fixture

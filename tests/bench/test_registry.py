@@ -9,8 +9,8 @@ import yaml
 
 from quantfid.bench import TaskConfigError, list_tasks, load_task
 from quantfid.bench.sources import load_prompts
-from quantfid.organism import tasks as organism_tasks
-from quantfid.organism.evaluate import EVAL_PER_FAMILY, EVAL_SEED
+from quantfid.data import tasks as organism_tasks
+from quantfid.data.tasks import EVAL_PER_FAMILY, EVAL_SEED
 
 GOOD = {
     "schema": 1,

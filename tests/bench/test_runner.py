@@ -9,20 +9,20 @@ import pytest
 import torch
 import yaml
 
+from quantfid.api.schema import OUTCOME_COLUMNS, bench_metrics
 from quantfid.bench import (
-    OUTCOME_COLUMNS,
     PromptTooLongError,
     TaskConfigError,
-    reference_outcomes,
+    cached_outcomes,
     run_tasks,
-    summarize,
 )
 from quantfid.bench.cache import outcome_cache_path
 from quantfid.bench.registry import load_task
 from quantfid.bench.sandbox import check_function
 from quantfid.bench.scoring import generate_until
-from quantfid.organism import tasks as organism_tasks
-from quantfid.organism.evaluate import EVAL_SEED, score_tasks
+from quantfid.data import tasks as organism_tasks
+from quantfid.data.tasks import EVAL_SEED
+from quantfid.organism.evaluate import score_tasks
 
 
 class ForwardCounter:
@@ -111,13 +111,14 @@ def test_outcome_table_columns_and_summary(tiny):
     assert set(df.loc[df.task == "organism/choice", "output"]) <= {
         c for i in organism_tasks.heldout_set("choice", 5, EVAL_SEED) for c in i.choices
     }
-    summary = summarize(df)
+    summary = bench_metrics(df)
     assert set(summary) == {
         "bench.organism.arith.acc",
         "bench.organism.arith.n",
         "bench.organism.choice.acc",
         "bench.organism.choice.n",
         "bench.composite.acc",
+        "bench.composite.n",
     }
     assert summary["bench.composite.acc"] == pytest.approx(df["passed"].mean())
 
@@ -233,14 +234,14 @@ def test_exact_scoring_normalisation_on_local_data(tiny, tmp_path, monkeypatch):
             assert df["passed"].tolist() == [False, False]
 
 
-def test_reference_outcomes_are_computed_once_and_reused(tiny, tmp_path, monkeypatch):
+def test_outcomes_are_computed_once_per_model_and_task_and_reused(tiny, tmp_path, monkeypatch):
     model, tok = tiny
     monkeypatch.setenv("QUANTFID_CACHE", str(tmp_path / "cache"))
     names = ["organism/arith", "organism/choice"]
     with ForwardCounter(model) as first:
-        a = reference_outcomes(model, tok, "fp0123", names, max_prompts=4)
+        a = cached_outcomes(model, tok, "fp0123", names, max_prompts=4)
     with ForwardCounter(model) as second:
-        b = reference_outcomes(model, tok, "fp0123", names, max_prompts=4)
+        b = cached_outcomes(model, tok, "fp0123", names, max_prompts=4)
     assert first.calls > 0 and second.calls == 0
     pd.testing.assert_frame_equal(a, b)
     arith = load_task("organism/arith")
@@ -249,8 +250,8 @@ def test_reference_outcomes_are_computed_once_and_reused(tiny, tmp_path, monkeyp
     assert not list(path.parent.glob("*.tmp"))
     # another fingerprint or another prompt count is another entry
     with ForwardCounter(model) as third:
-        reference_outcomes(model, tok, "fp9999", names[:1], max_prompts=4)
-        reference_outcomes(model, tok, "fp0123", names[:1], max_prompts=3)
+        cached_outcomes(model, tok, "fp9999", names[:1], max_prompts=4)
+        cached_outcomes(model, tok, "fp0123", names[:1], max_prompts=3)
     assert third.calls > 0
     with pytest.raises(ValueError, match="fingerprint"):
-        reference_outcomes(model, tok, "", names)
+        cached_outcomes(model, tok, "", names)

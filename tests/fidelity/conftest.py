@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from quantfid.data import corpus
+from quantfid.data.tokenizer import train_tokenizer
 from quantfid.fidelity import FidelitySettings
 from quantfid.models.loading import ModelSpec, Reference, load_reference
-from quantfid.models.tiny import save_random_llama
-from quantfid.organism import corpus
-from quantfid.organism.tokenizer import train_tokenizer
+from quantfid.models.random import save_random_llama
 
 
 def make_tokenizer(n_files: int = 25, vocab_size: int = 384):

@@ -1,19 +1,15 @@
-"""Calibration corpora, the 14 named variants and the Hydra configs of conf/fidelity/."""
+"""Calibration corpora, and the 14 named variants against what the fidelity stage computes (their Hydra settings:
+tests/sweep/test_sweep_config.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import yaml
-from hydra import compose, initialize_config_dir
 
-from quantfid.fidelity import PAPER_SETTINGS, PAPER_VARIANTS, FidelityError, FidelitySettings, load_corpus
-from quantfid.fidelity.corpora import prose_files
+from quantfid.api.variants import PAPER_VARIANT_NAMES, PAPER_VARIANTS
+from quantfid.data.corpus import prose_files
+from quantfid.fidelity import FidelityError, FidelitySettings, load_corpus
 from quantfid.fidelity.metrics import aggregate
-
-CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 @pytest.mark.parametrize("name", ["code", "prose", "tasks"])
@@ -44,11 +40,8 @@ def test_corpus_errors(reference, tmp_path, monkeypatch):
         load_corpus("prose", reference.tokenizer)
 
 
-def test_fourteen_variants_match_the_yaml_and_every_stat_is_computed():
-    names = [v.name for v in PAPER_VARIANTS]
-    assert len(names) == 14 == len(set(names))
-    doc = yaml.safe_load((CONF / "fidelity" / "variants" / "paper14.yaml").read_text())
-    assert doc["names"] == names
+def test_fourteen_variants_are_distinct_and_every_stat_is_computed():
+    assert len(PAPER_VARIANT_NAMES) == 14 == len(set(PAPER_VARIANT_NAMES))
     assert len({v.corpus for v in PAPER_VARIANTS}) >= 3 and len({v.context for v in PAPER_VARIANTS}) >= 2
     rng = np.random.default_rng(0)
     n = 50
@@ -57,14 +50,6 @@ def test_fourteen_variants_match_the_yaml_and_every_stat_is_computed():
     assert {v.metric for v in PAPER_VARIANTS} <= set(metrics)
 
 
-@pytest.mark.parametrize("option", ["default", *PAPER_SETTINGS])
-def test_hydra_settings_compose(option):
-    with initialize_config_dir(config_dir=str(CONF / "fidelity"), version_base="1.3"):
-        cfg = compose(option)
-    s = FidelitySettings.from_config(cfg)
-    assert len(cfg.variants.names) == 14
-    assert s.scored_fraction == 0.5 and s.topk > 0
-    if option != "default":
-        assert option == f"{s.corpus}_{s.context}"
-    covered = {(v.corpus, v.context) for v in PAPER_VARIANTS}
-    assert option == "default" or (s.corpus, s.context) in covered
+def test_a_setting_with_an_unknown_key_is_refused():
+    with pytest.raises(FidelityError, match=r"fidelity\.variants is not a fidelity setting"):
+        FidelitySettings.from_config({"corpus": "code", "variants": {"names": []}})

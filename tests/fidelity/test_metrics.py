@@ -10,10 +10,10 @@ import pytest
 import torch
 from scipy import special, stats
 
+from quantfid.api.divergence import log_probs
 from quantfid.fidelity.cache import bad_logits
 from quantfid.fidelity.metrics import (
     aggregate,
-    log_probs,
     per_token_exact,
     per_token_topk,
     sample_tail,

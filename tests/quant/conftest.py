@@ -12,7 +12,7 @@ from quantfid.models import ModelSpec, load_reference, organism_path
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random LlamaForCausalLM with the organism's widths (256/768, divisible by every group size)."""
-    from quantfid.models.tiny import save_random_llama
+    from quantfid.models.random import save_random_llama
 
     texts = ["def f(x):\n    return x + 1\n" * 50, "Q: 7 * 8 = ? A: 56 reverse: stone\n" * 50]
     return save_random_llama(

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from quantfid.organism import corpus
+from quantfid.data import corpus
 from quantfid.quant import load_quant_config, quantize
+from quantfid.quant.backends.gptq import calibration_batches
 from quantfid.quant.base import linear_names
-from quantfid.quant.gptq import calibration_batches
 
 
 def test_calibration_batches_are_held_in_token_windows_within_the_model_positions(organism_reference):

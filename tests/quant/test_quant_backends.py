@@ -22,8 +22,8 @@ from quantfid.quant import (
     quantize,
     validate_quant_config,
 )
+from quantfid.quant.backends.rtn import rtn_backend, rtn_storage_bits
 from quantfid.quant.base import BackendResult, probe_batch, probe_logits, verify
-from quantfid.quant.rtn import rtn_storage_bits
 
 GPU_ONLY = ["torchao_int4_wo"]
 
@@ -64,14 +64,12 @@ def test_rtn_skip_and_overrides_on_a_real_model(tiny_spec, tiny_reference):
 
 def test_rtn_group_size_must_divide_every_layer(tiny_spec, tiny_reference):
     """A group size no layer width is divisible by fails naming the field (the backend checks before rounding)."""
-    from quantfid.quant.rtn import _rtn_backend
-
     ref = copy.copy(tiny_reference)
     ref.model = copy.deepcopy(tiny_reference.model)
     ref.model.model.layers[0].mlp.down_proj = nn.Linear(640, 256, bias=False)
     cfg = validate_quant_config({"name": "g", "backend": "rtn", "bits": 4, "group_size": 256})
     with pytest.raises(QuantConfigError, match=r"quant\.group_size=256 does not divide in_features=640 of module"):
-        _rtn_backend(tiny_spec, cfg, ref)
+        rtn_backend(tiny_spec, cfg, ref)
 
 
 def test_silent_fallback_is_an_error(tiny_reference):

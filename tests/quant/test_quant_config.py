@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import quantfid.quant as quant_pkg
+from quantfid.api.paths import conf_dir
+from quantfid.organism.cohort_table import main as cohort_table_main
 from quantfid.quant import (
-    SCHEMAS,
     QuantConfigError,
     available_quant_configs,
+    backend_schemas,
     cohort,
     load_quant_config,
     quant_fingerprint,
     validate_quant_config,
 )
-from quantfid.quant.config import conf_dir
 
 
 @pytest.mark.parametrize(
     ("cfg", "match"),
     [
         ({"name": "x"}, r"quant\.backend is missing; choose one of \["),
-        ({"name": "x", "backend": "gguf"}, r"quant\.backend='gguf' is unknown; choose one of \[.*'bnb'.*'rtn'"),
+        ({"name": "x", "backend": "nope"}, r"quant\.backend='nope' is unknown; choose one of \[.*'bnb'.*'rtn'"),
         ({"backend": "rtn", "bits": 4}, r"quant\.name is missing"),
         ({"name": "x", "backend": "rtn"}, r"quant\.bits is required by backend 'rtn'; allowed values: \[2, 3"),
         ({"name": "x", "backend": "rtn", "bits": 9}, r"quant\.bits=9 is not supported by backend 'rtn'; allowed"),
@@ -90,7 +96,7 @@ def test_every_yaml_validates_and_is_named_after_its_file():
     for name in names:
         raw = yaml.safe_load((conf_dir() / "quant" / f"{name}.yaml").read_text())
         assert raw["name"] == name, f"conf/quant/{name}.yaml names itself {raw['name']!r}"
-        assert validate_quant_config(raw).backend in SCHEMAS
+        assert validate_quant_config(raw).backend in backend_schemas()
 
 
 def test_unknown_config_and_cohort_names():
@@ -113,8 +119,6 @@ def test_organism_cohort_spans_backends_and_runs_on_cpu():
 
 def test_hydra_composes_a_quant_group(tmp_path):
     """`quantfid-sweep quant=<name>` composes conf/quant/<name>.yaml under cfg.quant; it must validate unchanged."""
-    from hydra import compose, initialize_config_dir
-
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["quant=rtn_mix_attn8_mlp3"])
     qc = validate_quant_config(cfg.quant)
@@ -124,10 +128,8 @@ def test_hydra_composes_a_quant_group(tmp_path):
 
 @pytest.mark.parametrize("acc", ["-1", "201"])
 def test_cohort_table_refuses_more_accuracy_prompts_than_the_held_out_sets(acc, capsys):
-    from quantfid.quant.cohort_table import main
-
     with pytest.raises(SystemExit) as exc:
-        main(["--acc", acc])  # before any model is loaded
+        cohort_table_main(["--acc", acc])  # before any model is loaded
     assert exc.value.code == 2
     assert "--acc must be between 0 and 200" in capsys.readouterr().err
 
@@ -135,14 +137,9 @@ def test_cohort_table_refuses_more_accuracy_prompts_than_the_held_out_sets(acc, 
 def test_the_cohort_function_is_not_shadowed_by_a_submodule():
     # importing a submodule sets it as an attribute of its package: a submodule named like a public function of
     # quantfid.quant replaced that function for every later `from quantfid.quant import ...` (the sweep's resolver)
-    import importlib
-    import pkgutil
-
-    import quantfid.quant as quant_pkg
-
     for mod in pkgutil.iter_modules(quant_pkg.__path__):
         importlib.import_module(f"quantfid.quant.{mod.name}")
         assert mod.name not in quant_pkg.__all__, f"submodule {mod.name} shadows quantfid.quant.{mod.name}"
-    from quantfid.quant import cohort as cohort_fn
+    from quantfid.quant import cohort as cohort_fn  # after the submodules were imported: still the function
 
     assert callable(cohort_fn) and "reference" in cohort_fn("organism")

@@ -9,15 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from quantfid.data import tasks
+from quantfid.models.random import save_random_llama
+
 REPO = Path(__file__).resolve().parents[2]
 SWEEP_BIN = str(Path(sys.executable).with_name("quantfid-sweep"))
 
 
 def build_tiny_model(out: Path) -> Path:
     """A random 2-layer LlamaForCausalLM with a BPE trained on task prompts: any model will do for the wiring."""
-    from quantfid.models.tiny import save_random_llama
-    from quantfid.organism import tasks
-
     texts = [i.prompt + i.answer for f in tasks.FAMILIES for i in tasks.heldout_set(f, 40)]
     return save_random_llama(
         out,

@@ -8,11 +8,18 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
-from quantfid.sweep.app import CONF_DIR  # also registers the ${cohort:...} resolver
+from quantfid.api.variants import PAPER_SETTINGS, PAPER_VARIANTS
+from quantfid.fidelity import FidelitySettings
+from quantfid.models import ModelSpec
+from quantfid.quant import cohort
+from quantfid.sweep.app import CONF_DIR  # also registers the ${cohort:...} resolver and the structured configs
+from quantfid.tracking.store import resolve_store
 
 PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 LAUNCHERS = sorted(p.stem for p in (Path(CONF_DIR) / "hydra" / "launcher").glob("*.yaml"))
+FIDELITY = sorted(p.stem for p in (Path(CONF_DIR) / "fidelity").glob("*.yaml"))
 
 
 def _compose(overrides: list[str]):
@@ -42,9 +49,6 @@ def test_every_preset_composes_and_resolves(preset):
 
 
 def test_organism_study_sweeps_the_whole_cohort_and_the_14_variants():
-    from quantfid.fidelity import PAPER_VARIANTS
-    from quantfid.quant import cohort
-
     cfg = _compose(["experiment=organism_study"])
     quants = _sweep_values(cfg, "quant")
     assert quants == list(cohort("organism")) and "reference" in quants
@@ -65,18 +69,33 @@ def test_real_model_preset_targets_a_hub_model_on_gpu():
     assert cfg2.model.name_or_path == "meta-llama/Llama-3.2-1B" and cfg2.model.dtype == "bfloat16"
 
 
+@pytest.mark.parametrize("option", FIDELITY)
+def test_every_fidelity_setting_extends_the_base_and_validates(option):
+    fid = _compose([f"fidelity={option}"]).fidelity
+    settings = FidelitySettings.from_config(fid)  # every key is a setting, and a valid one
+    assert option == f"{settings.corpus}_{settings.context}", "a setting's file is named <corpus>_<context>"
+    # the keys the file does not set are the dataclass defaults: their one home
+    assert settings.max_tokens == FidelitySettings.max_tokens and settings.topk == FidelitySettings.topk
+
+
+def test_the_paper_settings_are_exactly_the_settings_of_the_14_variants():
+    composed = {(f.corpus, f.context) for f in (_compose([f"fidelity={s}"]).fidelity for s in PAPER_SETTINGS)}
+    assert composed == {(v.corpus, v.context) for v in PAPER_VARIANTS}
+
+
+def test_a_mistyped_fidelity_value_is_refused_while_composing():
+    with pytest.raises(Exception, match="context"):
+        _compose(["fidelity.context=abc"])
+
+
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_every_launcher_config_composes(launcher):
     cfg = _compose(["experiment=smoke", f"hydra/launcher={launcher}"])
-    engine = {"parallel": "joblib", "slurm": "submitit", "slurm_local": "submitit", "ray": "ray"}[launcher]
-    assert engine in cfg.hydra.launcher._target_.lower()
-    if launcher == "slurm_local":
-        assert "LocalLauncher" in cfg.hydra.launcher._target_
+    target = cfg.hydra.launcher._target_
+    assert target.startswith("hydra_plugins.") and target.endswith("Launcher"), target
 
 
 def test_default_store_is_local_sqlite_under_the_run_folder(tmp_path, monkeypatch):
-    from quantfid.tracking.store import resolve_store
-
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = _compose([f"run_dir={tmp_path}"])
     store = resolve_store(cfg.tracking.uri, cfg.run_dir, cfg.tracking.experiment, cfg.tracking.artifact_location)
@@ -84,3 +103,13 @@ def test_default_store_is_local_sqlite_under_the_run_folder(tmp_path, monkeypatc
     assert store.artifact_location == f"cas://{tmp_path}/mlartifacts"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert resolve_store(None, tmp_path, "x").uri == "http://127.0.0.1:5999"  # the usual MLflow variable wins
+
+
+def test_model_config_group_composes():
+    cfg = _compose([])
+    assert ModelSpec(**OmegaConf.to_container(cfg.model)).name_or_path == "organism"
+    cfg = _compose(["model=hf", "model.name_or_path=/some/dir"])
+    assert ModelSpec(**OmegaConf.to_container(cfg.model)).name_or_path == "/some/dir"
+    cfg = _compose(["model=hf"])
+    with pytest.raises(MissingMandatoryValue):
+        _ = cfg.model.name_or_path

@@ -1,18 +1,15 @@
-"""Run identity, flattened params and metric names: the pieces of the schema that need no store."""
+"""Run identity and flattened params: the pieces of the run records that need no store."""
 
 from __future__ import annotations
 
 import json
-import math
 import re
 
-import numpy as np
-import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
 from quantfid.tracking.identity import model_source_fingerprint, run_identity, semantic_config
-from quantfid.tracking.runs import OUTCOME_COLUMNS, bench_metrics, conform_outcomes, flatten, params_for, task_key
+from quantfid.tracking.runs import flatten, params_for
 
 
 def _cfg(model_dir, **over):
@@ -77,34 +74,6 @@ def test_flatten_and_params_follow_the_schema():
     assert params["model.name_or_path"] == "organism" and params["quant.backend"] == "rtn"
     assert params["quant.bits"] == "4" and params["fidelity.context"] == "256"
     assert "run_dir" not in params and all(isinstance(v, str) for v in params.values())
-
-
-def test_bench_metrics_against_an_independent_count():
-    rng = np.random.default_rng(0)
-    df = pd.DataFrame(
-        {
-            "task": rng.choice(["organism/arith", "organism/list", "humaneval"], 200),
-            "passed": rng.random(200) < 0.4,
-        }
-    )
-    m = bench_metrics(df)
-    for task in ("organism/arith", "organism/list", "humaneval"):
-        rows = [bool(p) for t, p in zip(df["task"], df["passed"], strict=True) if t == task]
-        assert m[f"bench.{task_key(task)}.acc"] == pytest.approx(sum(rows) / len(rows), abs=0)
-        assert m[f"bench.{task_key(task)}.n"] == len(rows)
-    assert m["bench.composite.acc"] == pytest.approx(sum(map(bool, df["passed"])) / 200)
-    assert "bench.organism.arith.acc" in m  # '/' -> '.'
-
-
-def test_conform_outcomes_keeps_the_contract_and_invents_nothing():
-    df = pd.DataFrame(
-        {"task": ["t"], "prompt_id": ["0"], "prompt_hash": ["h"], "output": ["o"], "passed": [1], "extra": [5]}
-    )
-    out = conform_outcomes(df)
-    assert list(out.columns[: len(OUTCOME_COLUMNS)]) == list(OUTCOME_COLUMNS) and "extra" in out
-    assert out["passed"].dtype == bool and out["score"].iloc[0] == 1.0 and math.isnan(out["kld_prompt"].iloc[0])
-    with pytest.raises(ValueError, match="prompt_hash"):
-        conform_outcomes(df.drop(columns=["prompt_hash"]))
 
 
 def test_flatten_keeps_glob_keyed_mappings_as_one_json_param():

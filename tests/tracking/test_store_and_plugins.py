@@ -8,8 +8,8 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from quantfid_mlflow.cas import BLOB_DIR, ContentAddressedArtifactRepository
 
-from mlflow_plugins.cas import BLOB_DIR, ContentAddressedArtifactRepository
 from quantfid.tracking.store import StoreError, check_store, resolve_store, setup_experiment
 
 
@@ -73,7 +73,7 @@ def test_cas_stores_identical_artifacts_once_and_reads_back(store, tmp_path):
 
 
 def test_cas_uri_must_be_absolute_local():
-    from mlflow_plugins.casuri import CasUriError
+    from quantfid_mlflow.casuri import CasUriError
 
     with pytest.raises(CasUriError, match="absolute"):
         ContentAddressedArtifactRepository("cas://somehost/path")

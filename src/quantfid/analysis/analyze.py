@@ -14,6 +14,7 @@ from quantfid.analysis.flips import direction_identity_error, volume_direction
 from quantfid.analysis.router import router_accuracy
 from quantfid.analysis.silent import SilentZoneConfig, silent_zone
 from quantfid.analysis.stats import _clean, spearman_table, spearman_with_ci
+from quantfid.api.variants import PAPER_VARIANT_NAMES
 
 SUMMARY_VERSION = 1
 ZONES = ("full", "silent")
@@ -71,11 +72,7 @@ def pick_primary_variant(cohort: Cohort, requested: str | None) -> str:
     return cohort.variants[0]
 
 
-PAPER14 = (
-    *(f"{s}@code.256" for s in ("kld_mean", "kld_median", "kld_p90", "kld_p99", "kld_max", "kld_seqmean", "ppl_quant",
-                                "ppl_ratio", "ln_ppl_ratio", "ppl_diff", "top1_agree")),
-    "kld_mean@prose.256", "kld_mean@tasks.256", "kld_mean@code.128",
-)  # fmt: skip  # the paper's 14 (mirrors quantfid.fidelity.variants.PAPER_VARIANTS; a test keeps them equal)
+PAPER14 = PAPER_VARIANT_NAMES  # the paper's 14 (their one home: quantfid.api.variants)
 
 
 # Logged beside the fidelity statistics but describing the measurement or the reference, not the quant's fidelity.

@@ -10,6 +10,9 @@ from pathlib import Path
 
 from quantfid.analysis.analyze import AnalysisConfig, AnalysisResult, analyze
 from quantfid.analysis.cohort import COMPOSITE, AnalysisInputError, Cohort
+from quantfid.analysis.external import import_external
+from quantfid.analysis.query import load_cohort
+from quantfid.analysis.report import write_report
 from quantfid.analysis.silent import METHODS, SilentZoneConfig
 from quantfid.analysis.stats import CORRECTIONS
 
@@ -108,13 +111,9 @@ def load_from_args(args: argparse.Namespace) -> Cohort:
             "give either --experiment (tracking store) or external files (--csv/--kld-log/--lm-eval-samples), not both"
         )
     if external:
-        from quantfid.analysis.external import import_external
-
         return import_external(args.csv, args.kld_log, args.lm_eval_samples, args.reference, args.lm_eval_metric)
     if not args.experiment:
         raise AnalysisInputError("no source: give --experiment NAME (with --tracking-uri) or external files (--csv)")
-    from quantfid.analysis.query import load_cohort
-
     return load_cohort(args.tracking_uri, args.experiment, args.sweep_id or None, args.filter,
                        max_workers=args.workers, progress=not args.no_progress)  # fmt: skip
 
@@ -178,8 +177,6 @@ def main(argv: list[str] | None = None) -> int:
     except AnalysisInputError as e:
         print(f"quantfid-analyze: error: {e}", file=sys.stderr)
         return 2
-    from quantfid.analysis.report import write_report
-
     paths = write_report(res, args.out)
     sz = res.summary["silent_zone"]
     print(f"cohort: {sz['n_full']} quants; silent zone ({sz['method']}): {sz['n_silent']}; outside: {sz['n_outside']}")

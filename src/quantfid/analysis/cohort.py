@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from quantfid.api.schema import COMPOSITE, OUTCOME_KEY_COLUMNS
+
 SCORE_PREFIX = "score."
 N_PREFIX = "n."
-COMPOSITE = "composite"
-OUTCOME_COLUMNS = ("quant", "task", "prompt_id", "passed")
+#: The long outcome table of a cohort: the schema's key columns, per quant.
+OUTCOME_COLUMNS = ("quant", *OUTCOME_KEY_COLUMNS)
 
 
 class AnalysisInputError(ValueError):

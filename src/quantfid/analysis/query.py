@@ -10,7 +10,6 @@ refused: the quants would not be measured against the same thing.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,13 +19,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from quantfid.analysis.cohort import COMPOSITE, N_PREFIX, SCORE_PREFIX, AnalysisInputError, Cohort
+from quantfid.analysis.cohort import N_PREFIX, SCORE_PREFIX, AnalysisInputError, Cohort
+from quantfid.api import schema as S
+from quantfid.api.variants import variant_name
 
-SCHEMA_VERSION = "1"
-OUTCOMES_PATH = "outcomes/outcomes.parquet"
-TAG = "quantfid."
-_BENCH = re.compile(r"^bench\.(.+)\.(acc|n)$")
-_READ_COLUMNS = ["task", "prompt_id", "passed", "kld_prompt", "kld_completion"]
+TAG = S.TAG_PREFIX
+OUTCOMES_PATH = S.OUTCOMES_ARTIFACT
+_READ_COLUMNS = [*S.OUTCOME_KEY_COLUMNS, *S.FIDELITY_COLUMNS]
 
 
 def search_cohort_runs(
@@ -59,7 +58,7 @@ def search_cohort_runs(
             except Exception as e:  # mlflow raises MlflowException on a malformed filter: say which input it was
                 raise AnalysisInputError(f"the run filter {flt!r} was refused by MLflow: {e}") from e
             for r in page:
-                if r.data.tags.get(TAG + "role") not in ("quant", "reference"):
+                if r.data.tags.get(S.TAG_ROLE) not in S.COHORT_ROLES:
                     continue
                 row = {"run_id": r.info.run_id, "artifact_uri": r.info.artifact_uri}
                 row |= {f"tags.{k}": v for k, v in r.data.tags.items() if k.startswith(TAG)}
@@ -99,28 +98,29 @@ def _check_single(runs: pd.DataFrame, tag: str, what: str) -> str:
 
 def cohort_from_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str], dict[str, list[str]]]:
     """Merge runs into cohort rows. Returns (table, variants, tasks, {quant: [run ids with outcomes candidates]})."""
-    ver = runs.get(f"tags.{TAG}schema_version")
-    if ver is None or (ver != SCHEMA_VERSION).any():
+    ver = runs.get(f"tags.{S.TAG_SCHEMA}")
+    if ver is None or (ver != S.SCHEMA_VERSION).any():
         bad = sorted(set(ver.dropna())) if ver is not None else ["missing"]
         raise AnalysisInputError(
-            f"runs carry quantfid.schema_version {bad}; this analysis reads version {SCHEMA_VERSION} (docs/schema.md)"
+            f"runs carry quantfid.schema_version {bad}; this analysis reads version {S.SCHEMA_VERSION} (docs/schema.md)"
         )
-    fp = runs.get(f"tags.{TAG}quant_fingerprint", pd.Series(index=runs.index, dtype=object))
-    names = runs.get(f"tags.{TAG}quant_name", pd.Series(index=runs.index, dtype=object))
-    role = runs[f"tags.{TAG}role"]
-    key = np.where(role == "reference", "reference", fp.fillna(names).astype(str))
-    if (role == "quant").any() and names[role == "quant"].isna().any():
+    fp = runs.get(f"tags.{S.TAG_QUANT_FP}", pd.Series(index=runs.index, dtype=object))
+    names = runs.get(f"tags.{S.TAG_QUANT_NAME}", pd.Series(index=runs.index, dtype=object))
+    role = runs[f"tags.{S.TAG_ROLE}"]
+    ref = S.REFERENCE_NAME
+    key = np.where(role == S.ROLE_REFERENCE, ref, fp.fillna(names).astype(str))
+    if (role == S.ROLE_QUANT).any() and names[role == S.ROLE_QUANT].isna().any():
         raise AnalysisInputError("quant run(s) lack the quantfid.quant_name tag; schema v1 requires it")
     label = {}
     for k, grp in runs.groupby(key):
-        n = "reference" if k == "reference" else str(names[grp.index[0]])
+        n = ref if k == ref else str(names[grp.index[0]])
         label[k] = n
     counts = pd.Series(label).value_counts()
     for k, n in list(label.items()):  # same name, different fingerprints (e.g. group sizes): keep both, distinctly
-        if counts[n] > 1 and k != "reference":
+        if counts[n] > 1 and k != ref:
             label[k] = f"{n}#{str(k)[:8]}"
-    corpus = runs.get("params.fidelity.corpus")
-    context = runs.get("params.fidelity.context")
+    corpus = runs.get(f"params.{S.PARAM_CORPUS}")
+    context = runs.get(f"params.{S.PARAM_CONTEXT}")
     records: dict[str, dict[str, float]] = {}
     outcome_runs: dict[str, list[str]] = {}
     variants: set[str] = set()
@@ -129,35 +129,38 @@ def cohort_from_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[
         q = label[k]
         rec = records.setdefault(q, {})
         outcome_runs.setdefault(q, []).append(i)
-        setting = ""
-        if corpus is not None and isinstance(corpus.iloc[i], str):
-            setting = f"@{corpus.iloc[i]}" + (
-                f".{context.iloc[i]}" if context is not None and isinstance(context.iloc[i], str) else ""
-            )
+        run_corpus = corpus.iloc[i] if corpus is not None and isinstance(corpus.iloc[i], str) else None
+        run_context = context.iloc[i] if context is not None and isinstance(context.iloc[i], str) else None
         for col, v in run.items():
             if not col.startswith("metrics.") or v is None or (isinstance(v, float) and np.isnan(v)):
                 continue
             m = col[len("metrics.") :]
-            if m.startswith("fid."):
-                name = m[4:] + setting
+            if m.startswith(S.FIDELITY_PREFIX):
+                stat = m[len(S.FIDELITY_PREFIX) :]
+                if run_corpus is None:  # a run without a fidelity setting: the bare statistic
+                    name = stat
+                elif run_context is None:
+                    name = f"{stat}@{run_corpus}"
+                else:
+                    name = variant_name(stat, run_corpus, run_context)
                 rec[name] = float(v)
                 variants.add(name)
-            elif mb := _BENCH.match(m):
+            elif mb := S.BENCH_METRIC.match(m):
                 task, kind = mb.groups()
                 col_name = (SCORE_PREFIX if kind == "acc" else N_PREFIX) + task
                 rec.setdefault(col_name, float(v))
-                if task != COMPOSITE:
+                if task != S.COMPOSITE:
                     tasks.add(task)
     table = pd.DataFrame.from_dict(records, orient="index")
     table.index.name = "quant"
-    if "reference" not in table.index:
+    if ref not in table.index:
         raise AnalysisInputError(
             "no FINISHED run of role 'reference' in the selection; the analysis compares every "
             "quant with it. Check the sweep logged its reference run"
         )
-    if SCORE_PREFIX + COMPOSITE not in table.columns:
+    if SCORE_PREFIX + S.COMPOSITE not in table.columns:
         raise AnalysisInputError("runs lack the bench.composite.acc metric (schema v1); no benchmark score to analyse")
-    missing = table[SCORE_PREFIX + COMPOSITE].isna()
+    missing = table[SCORE_PREFIX + S.COMPOSITE].isna()
     if missing.any():
         raise AnalysisInputError(f"quant(s) {list(table.index[missing])[:5]} lack bench.composite.acc")
     run_ids = runs["run_id"].tolist()
@@ -266,8 +269,9 @@ def load_cohort(
             outcomes = table_pa.add_column(0, "quant", qnames).to_pandas()
             outcomes["quant"] = outcomes["quant"].astype(str)
             outcomes["task"] = outcomes["task"].str.replace("/", ".", regex=False)
-    sweeps = sorted(runs[f"tags.{TAG}sweep_id"].dropna().unique()) if f"tags.{TAG}sweep_id" in runs else []
+    sweep_col = f"tags.{S.TAG_SWEEP}"
+    sweeps = sorted(runs[sweep_col].dropna().unique()) if sweep_col in runs else []
     source = {"kind": "mlflow", "tracking_uri": str(tracking_uri), "experiments": experiments, "sweep_ids": sweeps,
               "filter": filter_string, "n_runs": len(runs), "reference_fingerprint": ref_fp,
               "tokenizer_fingerprint": tok_fp}  # fmt: skip
-    return Cohort(table, variants, tasks, "reference", outcomes, source)
+    return Cohort(table, variants, tasks, S.REFERENCE_NAME, outcomes, source)

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from quantfid.analysis.analyze import AnalysisResult
+from quantfid.analysis.analyze import PAPER14, AnalysisResult
 from quantfid.analysis.cohort import COMPOSITE, SCORE_PREFIX
 
 SILENT_COLOR, OUTSIDE_COLOR, REF_COLOR = "#1f77b4", "#d62728", "#444444"
@@ -76,8 +76,6 @@ def plot_rho_per_variant(res: AnalysisResult, path: Path) -> Path:
     targets = [tg for tg in targets if (c["target"] == tg).any()]
     variants = sorted(c["variant"].unique())
     if len(variants) > MAX_PLOTTED_VARIANTS:  # keep the figure readable: the paper's 14 first, then by |rho|
-        from quantfid.analysis.analyze import PAPER14
-
         full = c[(c["zone"] == "full") & (c["target"] == targets[0])].set_index("variant")["rho"].abs()
         rest = full.drop([v for v in PAPER14 if v in full.index]).sort_values(ascending=False, na_position="last")
         keep = [v for v in PAPER14 if v in full.index] + list(rest.index)

@@ -3,19 +3,24 @@
 A task file names its data (``source``), how a prompt is scored (``scoring``) and the generation limits
 (``generation``); see docs/bench.md for the format. Task files live under ``conf/task/`` (a task's name is its path
 there without ``.yaml``, e.g. ``organism/arith``) and in any directory listed in ``$QUANTFID_TASK_PATH``
-(``os.pathsep``-separated, searched first). ``load_task`` also accepts a path to a YAML file.
+(``os.pathsep``-separated, searched first). ``load_task`` also accepts a path to a YAML file. A file may start from
+another with ``include: <path relative to it>`` (its keys override the included file's, mapping by mapping, as in
+lm-evaluation-harness); files whose name starts with ``_`` are such shared bases, not tasks.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from quantfid.api.paths import task_dirs
+from quantfid.data import tasks as organism_tasks
 
 TASK_FILE_SCHEMA = 1
 SOURCE_TYPES = ("organism", "jsonl", "humaneval", "lm_eval")
@@ -80,14 +85,22 @@ class Task:
 
     @property
     def spec_hash(self) -> str:
+        """Hash of the resolved task and of its local data file's content, so an edited file is a new task."""
         payload = {
             "name": self.name,
             "version": self.version,
             "source": self.source,
             "scoring": _asdict(self.scoring),
             "generation": _asdict(self.generation),
+            "data_sha256": _file_sha256(self.source.get("path") or self.source.get("file")),
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_sha256(path: str | None) -> str | None:
+    if not path or not Path(path).is_file():
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _asdict(obj: Any) -> Any:
@@ -96,11 +109,7 @@ def _asdict(obj: Any) -> Any:
     return list(obj) if isinstance(obj, tuple) else obj
 
 
-def task_dirs() -> list[Path]:
-    """Where task files are looked up, in order: ``$QUANTFID_TASK_PATH`` entries, then the repository's conf/task."""
-    extra = [Path(p) for p in os.environ.get("QUANTFID_TASK_PATH", "").split(os.pathsep) if p]
-    builtin = Path(__file__).resolve().parents[3] / "conf" / "task"
-    return [*extra, builtin]
+MAX_INCLUDE_DEPTH = 8
 
 
 def list_tasks() -> list[str]:
@@ -108,7 +117,8 @@ def list_tasks() -> list[str]:
     names: set[str] = set()
     for root in task_dirs():
         if root.is_dir():
-            names.update(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
+            files = (p for p in root.rglob("*.yaml") if not p.name.startswith("_"))
+            names.update(p.relative_to(root).with_suffix("").as_posix() for p in files)
     return sorted(names)
 
 
@@ -129,11 +139,37 @@ def find_task_file(name: str) -> Path:
 def load_task(name: str) -> Task:
     """The validated task called ``name`` (or the task file at that path)."""
     path = find_task_file(name)
+    raw = read_task_file(path)
+    return parse_task(raw, path, default_name=name if not name.endswith((".yaml", ".yml")) else path.stem)
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_task_file(path: Path, depth: int = 0) -> Any:
+    """A task file's content with its ``include:`` chain resolved (the including file's keys win)."""
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise TaskConfigError(f"{path}: not valid YAML ({err})") from err
-    return parse_task(raw, path, default_name=name if not name.endswith((".yaml", ".yml")) else path.stem)
+    if not isinstance(raw, dict) or "include" not in raw:
+        return raw
+    include = raw.pop("include")
+    if not isinstance(include, str) or not include:
+        raise TaskConfigError(f"{path}: field 'include': must be a path to a YAML file, got {include!r}")
+    base_path = (path.parent / include).resolve()
+    if not base_path.is_file():
+        raise TaskConfigError(f"{path}: field 'include': no file at {base_path}")
+    if depth >= MAX_INCLUDE_DEPTH:
+        raise TaskConfigError(f"{path}: field 'include': more than {MAX_INCLUDE_DEPTH} nested includes (a loop?)")
+    base = read_task_file(base_path, depth + 1)
+    if not isinstance(base, dict):
+        raise TaskConfigError(f"{base_path} (included by {path}): must be a mapping")
+    return _merge(base, raw)
 
 
 class _Fields:
@@ -209,13 +245,11 @@ def _parse_source(raw: dict, path: Path) -> dict[str, Any]:
     src = _Fields(raw, path, "source")
     kind = src.get("type", str, choices=SOURCE_TYPES)
     out: dict[str, Any] = {"type": kind}
-    if kind == "organism":
-        from quantfid.organism import tasks as organism_tasks
-
+    if kind == "organism":  # n, seed and the generators' version default to the organism's own (quantfid.data.tasks)
         out["family"] = src.get("family", str, choices=tuple(organism_tasks.FAMILIES))
-        out["n"] = src.positive("n", int)
-        out["seed"] = src.get("seed", int)
-        out["tasks_version"] = str(src.get("tasks_version", (str, int)))
+        out["n"] = src.positive("n", int, organism_tasks.EVAL_PER_FAMILY)
+        out["seed"] = src.get("seed", int, organism_tasks.EVAL_SEED)
+        out["tasks_version"] = str(src.get("tasks_version", (str, int), organism_tasks.TASKS_VERSION))
         if out["tasks_version"] != organism_tasks.TASKS_VERSION:
             raise src.fail(
                 "tasks_version",
@@ -275,9 +309,7 @@ def _check_combination(source: dict, scoring: Scoring, path: Path) -> None:
             "lm-evaluation-harness tasks use source.type 'lm_eval' with scoring.type 'lm_eval' (and only they do)"
         )
     if source["type"] == "organism":
-        from quantfid.organism import tasks as organism_tasks
-
-        native = organism_tasks.FAMILIES[source["family"]](__import__("random").Random(0)).scoring
+        native = organism_tasks.FAMILIES[source["family"]](random.Random(0)).scoring
         wanted = {"exact": "exact", "execute": "execute", "choice": "choice"}[native]
         if scoring.type != wanted:
             raise TaskConfigError(

@@ -10,21 +10,14 @@ import pandas as pd
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from quantfid.api.schema import EXTRA_COLUMNS, OUTCOME_COLUMNS
 from quantfid.bench import sandbox
-from quantfid.bench.registry import Task, TaskConfigError, load_task
+from quantfid.bench.lm_eval_adapter import run_lm_eval_task
+from quantfid.bench.registry import Task, TaskConfigError, list_tasks, load_task
 from quantfid.bench.scoring import choice_loglikelihoods, generate_until
 from quantfid.bench.sources import Prompt, load_prompts
 
 log = logging.getLogger(__name__)
-
-#: Columns of the per-prompt outcome table, in order. The sweep adds ``kld_prompt`` and ``kld_completion``.
-OUTCOME_COLUMNS = ("task", "prompt_id", "prompt_hash", "output", "passed", "score")
-#: Further columns run_tasks writes: the task's version, the prompt text (the fidelity engine needs it), the
-#: expected answer and a detail (sandbox status, lm-eval metric) explaining the outcome.
-EXTRA_COLUMNS = ("task_version", "prompt", "expected", "detail")
-#: Columns the sweep fills with the per-prompt fidelity of the fidelity engine (NaN until then).
-FIDELITY_COLUMNS = ("kld_prompt", "kld_completion")
-
 
 class PromptTooLongError(TaskConfigError):
     """A prompt (plus what must follow it) does not fit in the model's context."""
@@ -147,8 +140,6 @@ def run_task(
 ) -> pd.DataFrame:
     """Outcomes of one loaded task (see :func:`run_tasks`)."""
     if task.source["type"] == "lm_eval":
-        from quantfid.bench.lm_eval_adapter import run_lm_eval_task
-
         return run_lm_eval_task(model, tokenizer, task, max_prompts=max_prompts)
     limit = context_limit or context_limit_of(model, tokenizer)
     prompts = load_prompts(task, max_prompts)
@@ -176,7 +167,7 @@ def run_task(
 
 
 def _frame(task: Task, prompts: list[Prompt], outputs: list[str], results: list[tuple[bool, float, str]]):
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "task": task.name,
             "prompt_id": [p.prompt_id for p in prompts],
@@ -190,6 +181,7 @@ def _frame(task: Task, prompts: list[Prompt], outputs: list[str], results: list[
             "detail": [r[2] for r in results],
         }
     )
+    return frame[[*OUTCOME_COLUMNS, *EXTRA_COLUMNS]]
 
 
 def score_outputs(task_name: str, outputs: Sequence[str], *, max_prompts: int | None = None) -> pd.DataFrame:
@@ -217,7 +209,7 @@ def run_tasks(
     context_limit: int | None = None,
 ) -> pd.DataFrame:
     """Run every named task on ``model``: one row per prompt with ``task``, ``prompt_id`` (str), ``prompt_hash``,
-    ``output``, ``passed`` (bool), ``score`` (float), then :data:`EXTRA_COLUMNS`.
+    ``output``, ``passed`` (bool), ``score`` (float), then ``quantfid.api.schema.EXTRA_COLUMNS``.
 
     Every task is loaded and validated before any model work, so a bad name or file fails fast. ``max_prompts``
     takes the first N prompts of each task; ``context_limit`` overrides the model's context length.
@@ -225,7 +217,7 @@ def run_tasks(
     if isinstance(task_names, str):
         task_names = [task_names]
     if not task_names:
-        raise TaskConfigError("run_tasks got no task names; pick some of: " + ", ".join(list_known()))
+        raise TaskConfigError("run_tasks got no task names; pick some of: " + ", ".join(list_tasks()))
     tasks = [load_task(name) for name in task_names]
     if tokenizer.pad_token_id is None:
         raise TaskConfigError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to its eos_token)")
@@ -234,21 +226,3 @@ def run_tasks(
         for task in tqdm(tasks, desc="tasks", unit="task")
     ]
     return pd.concat(frames, ignore_index=True)
-
-
-def list_known() -> list[str]:
-    from quantfid.bench.registry import list_tasks
-
-    return list_tasks()
-
-
-def summarize(outcomes: pd.DataFrame) -> dict[str, float]:
-    """Metrics as docs/schema.md names them: ``bench.<task>.acc`` and ``.n`` (``/`` -> ``.``), ``bench.composite.acc``
-    (mean over all prompts)."""
-    out: dict[str, float] = {}
-    for task, group in outcomes.groupby("task", sort=True):
-        key = str(task).replace("/", ".")
-        out[f"bench.{key}.acc"] = float(group["passed"].mean())
-        out[f"bench.{key}.n"] = float(len(group))
-    out["bench.composite.acc"] = float(outcomes["passed"].mean())
-    return out

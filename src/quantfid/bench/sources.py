@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from quantfid.bench.registry import Task, TaskConfigError
+from quantfid.data.tasks import heldout_set
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ def load_prompts(task: Task, max_prompts: int | None = None) -> list[Prompt]:
     """The task's prompts in their fixed order (the first ``max_prompts`` of them); empty data is an error."""
     kind = task.source["type"]
     if kind == "organism":
-        prompts = _organism(task, max_prompts)
+        prompts = _organism(task)
     elif kind == "jsonl":
         prompts = _jsonl(task)
     elif kind == "humaneval":
@@ -50,9 +51,7 @@ def load_prompts(task: Task, max_prompts: int | None = None) -> list[Prompt]:
     return prompts
 
 
-def _organism(task: Task, max_prompts: int | None) -> list[Prompt]:
-    from quantfid.organism.tasks import heldout_set
-
+def _organism(task: Task) -> list[Prompt]:
     src = task.source
     instances = heldout_set(src["family"], src["n"], src["seed"])
     return [

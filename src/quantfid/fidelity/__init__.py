@@ -7,8 +7,9 @@ Public surface (small and stable; see docs/fidelity.md):
 - ``FidelitySettings``: corpus, context, scoring convention (``scored_fraction``, 0.5 = llama.cpp), top-K, budget;
   ``FidelitySettings.from_config(cfg.fidelity)`` reads a ``conf/fidelity/*.yaml`` node.
 - ``ReferenceCache``: top-K log-probs + tail mass (or exact full vocabulary) of the reference over the corpus
-  windows, content-addressed under ``$QUANTFID_CACHE`` (default ``~/.cache/quantfid``). ``build_cache`` makes one,
-  ``get_or_build`` reuses a valid local one, else fetches it from the tracking store, else builds it;
+  windows, content-addressed under ``<cache_dir>/refcache/<key>`` (``cache_dir`` defaults to ``$QUANTFID_CACHE`` or
+  ``~/.cache/quantfid``). ``build_cache`` makes one, ``get_or_build`` reuses a valid local one, else fetches it from
+  the tracking store, else builds it;
   ``ReferenceCache.load`` refuses a cache whose key, identity or content hash does not match.
 - ``publish(cache, client)`` / ``fetch(key, client)``: share caches through MLflow (runs tagged
   ``quantfid.role=refcache``, ``quantfid.refcache_key=<key>``; ``client`` is an ``mlflow.MlflowClient``).
@@ -20,7 +21,7 @@ Public surface (small and stable; see docs/fidelity.md):
 - ``per_prompt_kld(reference_model, model, tokenizer, prompts, reference_completions)`` -> list of
   ``(kld_prompt, kld_completion)``: mean token KLD on the prompt alone and teacher-forced on the reference's
   completion, for the benchmark stage's outcome table.
-- ``PAPER_VARIANTS``: the 14 named fidelity variants (``kld_mean@code.256``, ...).
+The paper's 14 fidelity variants are named in :mod:`quantfid.api.variants`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from quantfid.fidelity.cache import ReferenceCache, default_cache_dir, get_or_build
+from quantfid.fidelity.cache import ReferenceCache
 from quantfid.fidelity.cache import build as build_cache
 from quantfid.fidelity.corpora import load_corpus
 from quantfid.fidelity.measure import FidelityResult, measure, per_prompt_kld
@@ -39,8 +40,7 @@ from quantfid.fidelity.settings import (
     FidelitySettings,
     TokenizerMismatchError,
 )
-from quantfid.fidelity.share import fetch, publish
-from quantfid.fidelity.variants import PAPER_SETTINGS, PAPER_VARIANTS, Variant
+from quantfid.fidelity.share import fetch, get_or_build, publish
 
 
 def measure_setting(
@@ -53,7 +53,8 @@ def measure_setting(
 ) -> FidelityResult:
     """Measure ``model`` against ``reference`` (a ``quantfid.models.loading.Reference``) for one setting.
 
-    The reference cache is reused from ``cache_dir`` (or fetched through ``client``) and built only when missing.
+    The reference cache is reused from ``<cache_dir>/refcache`` (or fetched through ``client``) and built only when
+    missing.
     """
     settings = cfg if isinstance(cfg, FidelitySettings) else FidelitySettings.from_config(cfg)
     cache = get_or_build(
@@ -69,17 +70,13 @@ def measure_setting(
 
 
 __all__ = [
-    "PAPER_SETTINGS",
-    "PAPER_VARIANTS",
     "CacheMismatchError",
     "FidelityError",
     "FidelityResult",
     "FidelitySettings",
     "ReferenceCache",
     "TokenizerMismatchError",
-    "Variant",
     "build_cache",
-    "default_cache_dir",
     "fetch",
     "get_or_build",
     "load_corpus",

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -34,8 +33,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from quantfid.api.divergence import log_probs
+from quantfid.api.paths import cache_dir as cache_dir_default
 from quantfid.fidelity.corpora import load_corpus
-from quantfid.fidelity.metrics import log_probs, sample_tail, tail_logmass
+from quantfid.fidelity.metrics import sample_tail, tail_logmass
 from quantfid.fidelity.settings import (
     CacheMismatchError,
     FidelityError,
@@ -74,10 +75,6 @@ _TOPK_ARRAYS = (
     "target_lp",
 )
 _EXACT_ARRAYS = ("tokens", "lengths", "row_offsets", "full_lp")
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("QUANTFID_CACHE", Path.home() / ".cache" / "quantfid"))
 
 
 def cache_key(identity: dict[str, Any]) -> str:
@@ -304,7 +301,7 @@ def build(
     """Run the reference over the corpus windows once and write the cache (atomically: tmp dir, then rename)."""
     check_context(model, settings.context)
     identity, tokens, lengths = identity_for(settings, reference_fingerprint, tokenizer)
-    root = Path(cache_dir or default_cache_dir()) / "refcache"
+    root = Path(cache_dir or cache_dir_default()) / "refcache"
     root.mkdir(parents=True, exist_ok=True)
     final = root / identity["key"]
     offsets = row_offsets(lengths, settings.scored_fraction)
@@ -387,45 +384,3 @@ def build(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return ReferenceCache.load(final, verify=False)
-
-
-def get_or_build(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    settings: FidelitySettings,
-    reference_fingerprint: str,
-    cache_dir: str | Path | None = None,
-    client: Any = None,
-    publish_new: bool = False,
-) -> ReferenceCache:
-    """The cache for ``settings``: local if valid, else fetched from the tracking store, else built (and published).
-
-    A local or fetched cache that fails verification is discarded and rebuilt, with a warning.
-    """
-    check_context(model, settings.context)
-    identity, _, _ = identity_for(settings, reference_fingerprint, tokenizer)
-    key = identity["key"]
-    root = Path(cache_dir or default_cache_dir())
-    local = root / "refcache" / key
-    if local.exists():
-        try:
-            return ReferenceCache.load(local, expect={k: identity[k] for k in IDENTITY_FIELDS})
-        except CacheMismatchError as err:
-            log.warning("discarding reference cache %s: %s", local, err)
-            shutil.rmtree(local, ignore_errors=True)
-    if client is not None:
-        from quantfid.fidelity.share import fetch
-
-        try:
-            cache = fetch(key, client, cache_dir=root)
-        except CacheMismatchError as err:
-            log.warning("reference cache %s in the tracking store is refused: %s", key, err)
-            cache = None
-        if cache is not None:
-            return cache
-    cache = build(model, tokenizer, settings, reference_fingerprint, cache_dir=root)
-    if client is not None and publish_new:
-        from quantfid.fidelity.share import publish
-
-        publish(cache, client)
-    return cache

@@ -6,14 +6,13 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from quantfid.api.divergence import log_probs, token_kld
 from quantfid.fidelity.cache import (
     ReferenceCache,
     bad_logits,
@@ -22,7 +21,7 @@ from quantfid.fidelity.cache import (
     pad_id,
     scored_rows,
 )
-from quantfid.fidelity.metrics import PER_TOKEN_FIELDS, aggregate, log_probs, per_token_exact, per_token_topk
+from quantfid.fidelity.metrics import PER_TOKEN_FIELDS, aggregate, per_token_exact, per_token_topk
 from quantfid.fidelity.settings import FidelityError
 
 
@@ -43,18 +42,6 @@ class FidelityResult:
     error: str | None = None
     seconds: float = 0.0
 
-    def to_frame(self) -> pd.DataFrame:
-        """Per-token arrays as a table (the optional ``fidelity/per_token.parquet`` artifact)."""
-        return pd.DataFrame(self.per_token)
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "fidelity.corpus": self.corpus,
-            "fidelity.context": self.context,
-            "fidelity.scored_fraction": self.scored_fraction,
-            "fidelity.topk": self.topk,
-            "fidelity.tail_samples": self.tail_samples,
-        }
 
 
 def _cache_rows(cache: ReferenceCache, r0: int, r1: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -205,9 +192,7 @@ def per_prompt_kld(
             if bad_logits(lqq) or bad_logits(lr):
                 out.append((math.nan, math.nan))
                 continue
-            lp, lq = log_probs(lr), log_probs(lqq.to(lr.device))
-            p = lp.exp()
-            kld = torch.where(p > 0, p * (lp - lq), torch.zeros((), dtype=p.dtype)).sum(-1)
+            kld = token_kld(lr, lqq)
             k_prompt = float(kld[:n_p].mean())
             k_comp = float(kld[n_p - 1 : n_p - 1 + n_c].mean()) if n_c else math.nan
             out.append((k_prompt, k_comp))

@@ -19,8 +19,8 @@ unbiased, and since r + exp(-r) - 1 ~ r^2/2 its noise shrinks with the KL itself
 KL(quant || ref) uses 1 - exp(-r)(1 + r) the same way. With M = 0 the tail is one bucket: a lower bound of the
 exact KL (log-sum inequality) that misses the KL inside the tail. Exact mode uses the full vocabulary.
 
-Log-probs are computed in float64 from the model's logits and rounded to float32 on both sides (the cache stores
-float32), so an identical model gives KLD exactly 0.
+Log-probs come from :func:`quantfid.api.divergence.log_probs` (float64, rounded through float32 on both sides: the
+cache stores float32), so an identical model gives KLD exactly 0.
 """
 
 from __future__ import annotations
@@ -31,17 +31,9 @@ import numpy as np
 import torch
 from scipy import stats
 
+from quantfid.api.divergence import kl_divergence, plogr
+
 PER_TOKEN_FIELDS = ("kld", "kld_rev", "nll_ref", "nll_quant", "top1", "dp")
-
-
-def log_probs(logits: torch.Tensor) -> torch.Tensor:
-    """float64 log-softmax rounded through float32: the one definition used by cache and measurement alike."""
-    return torch.log_softmax(logits.double(), dim=-1).float().double()
-
-
-def _plogr(p: torch.Tensor, lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
-    """p * (lp - lq) with 0 * anything = 0 (so -inf log-probs where p = 0 contribute nothing)."""
-    return torch.where(p > 0, p * (lp - lq), torch.zeros((), dtype=p.dtype, device=p.device))
 
 
 def sample_tail(lp: torch.Tensor, head_ids: torch.Tensor, m: int, generator: torch.Generator) -> torch.Tensor:
@@ -79,8 +71,8 @@ def per_token_topk(
     q_tail = tail_logmass(lq, ref_ids).float().double()  # rounded like the cached reference tail
     p_k, q_k = ref_lp.exp(), lq_k.exp()
     p_t, q_t = ref_tail.exp(), q_tail.exp()
-    tail_fwd = _plogr(p_t, ref_tail, q_tail)  # one bucket: lower bounds
-    tail_rev = _plogr(q_t, q_tail, ref_tail)
+    tail_fwd = plogr(p_t, ref_tail, q_tail)  # one bucket: lower bounds
+    tail_rev = plogr(q_t, q_tail, ref_tail)
     if sample_ids is not None and sample_ids.shape[-1] > 0:
         r = sample_lp - lq.gather(-1, sample_ids)
         e = torch.exp(-r)
@@ -89,8 +81,8 @@ def per_token_topk(
         sampled = p_t > 0  # no reference mass in the tail: the bucket terms are exact
         tail_fwd = torch.where(sampled, p_t - q_t + p_t * f, tail_fwd)
         tail_rev = torch.where(sampled, q_t - p_t + p_t * h, tail_rev)
-    kld = _plogr(p_k, ref_lp, lq_k).sum(-1) + tail_fwd
-    kld_rev = _plogr(q_k, lq_k, ref_lp).sum(-1) + tail_rev
+    kld = plogr(p_k, ref_lp, lq_k).sum(-1) + tail_fwd
+    kld_rev = plogr(q_k, lq_k, ref_lp).sum(-1) + tail_rev
     lq_true = lq.gather(-1, targets[:, None])[:, 0]
     top1 = lq_k[:, 0] >= lq.amax(-1)
     return _finish(kld, kld_rev, lq_true, ref_target_lp, top1)
@@ -98,8 +90,8 @@ def per_token_topk(
 
 def per_token_exact(lq: torch.Tensor, targets: torch.Tensor, lp: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-token arrays against the reference's full-vocabulary log-probs ``lp`` (N x V)."""
-    kld = _plogr(lp.exp(), lp, lq).sum(-1)
-    kld_rev = _plogr(lq.exp(), lq, lp).sum(-1)
+    kld = kl_divergence(lp, lq)
+    kld_rev = kl_divergence(lq, lp)
     lq_true = lq.gather(-1, targets[:, None])[:, 0]
     lp_true = lp.gather(-1, targets[:, None])[:, 0]
     ref_top = lp.argmax(-1, keepdim=True)

@@ -2,14 +2,18 @@
 
 A setting is what names one reference cache and one measurement: corpus, context length, scoring convention
 (``scored_fraction``: llama.cpp scores only the second half of each window, i.e. 0.5), top-K of the cache, and the
-token budget. Hydra configs under ``conf/fidelity/`` are these fields plus the named variants.
+token budget. :class:`FidelitySettings` is the one home of the defaults: the sweep registers it as the Hydra schema
+``fidelity/base`` that every ``conf/fidelity/*.yaml`` extends with the keys that differ.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
+
+from quantfid.api.variants import setting_name
+from quantfid.data.corpus import BUILTIN_CORPORA
 
 
 class FidelityError(ValueError):
@@ -22,9 +26,6 @@ class TokenizerMismatchError(FidelityError):
 
 class CacheMismatchError(FidelityError):
     """A reference cache on disk or in the store does not match what was asked for, or its content is corrupt."""
-
-
-CORPORA = ("code", "prose", "tasks")
 
 
 @dataclass(frozen=True)
@@ -46,14 +47,14 @@ class FidelitySettings:
     topk: int = 8
     tail_samples: int = 22
     exact: bool = False
-    max_tokens: int = 16384
+    max_tokens: int = 8192
     batch_size: int = 8
     bos: bool = True
     partial_last: bool = False
 
     def __post_init__(self) -> None:
-        if self.corpus not in CORPORA:
-            raise FidelityError(f"fidelity.corpus={self.corpus!r} is not known; choose one of {list(CORPORA)}")
+        if self.corpus not in BUILTIN_CORPORA:
+            raise FidelityError(f"fidelity.corpus={self.corpus!r} is not known; choose one of {list(BUILTIN_CORPORA)}")
         if not isinstance(self.context, int) or self.context < 4:
             raise FidelityError(f"fidelity.context={self.context!r} must be an integer >= 4 (tokens per window)")
         if not 0.0 < float(self.scored_fraction) <= 1.0:
@@ -78,17 +79,16 @@ class FidelitySettings:
     @property
     def name(self) -> str:
         """``<corpus>.<context>``: the suffix of a fidelity variant's name (``kld_mean@code.256``)."""
-        return f"{self.corpus}.{self.context}"
+        return setting_name(self.corpus, self.context)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> FidelitySettings:
-        """From a Hydra/OmegaConf ``fidelity`` node (unknown keys such as ``variants`` are ignored)."""
+        """From a Hydra/OmegaConf ``fidelity`` node; an unknown key is an error naming it."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in dict(cfg).items() if k in known})
-
-    def params(self) -> dict[str, Any]:
-        """Flat ``fidelity.*`` params for the tracking schema."""
-        return {f"fidelity.{k}": v for k, v in asdict(self).items()}
+        unknown = sorted(set(dict(cfg)) - known)
+        if unknown:
+            raise FidelityError(f"fidelity.{unknown[0]} is not a fidelity setting; the settings are {sorted(known)}")
+        return cls(**dict(cfg))
 
 
 def scored_first(length: int, scored_fraction: float) -> int:

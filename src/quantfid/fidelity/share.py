@@ -1,4 +1,5 @@
-"""Share reference caches through the MLflow tracking store, so a teammate or a second sweep downloads, not recomputes.
+"""Reference caches: reuse a local one, else fetch it from the MLflow tracking store, else build (and publish) it,
+so a teammate or a second sweep downloads instead of recomputing.
 
 A published cache is the ``refcache/`` artifact directory of a run tagged ``quantfid.role=refcache`` and
 ``quantfid.refcache_key=<key>`` in the experiment ``quantfid-refcache``. ``fetch`` finds the newest FINISHED such run
@@ -7,13 +8,20 @@ in any experiment, downloads it, and verifies key and content hash before using 
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from quantfid.fidelity.cache import ReferenceCache, default_cache_dir
-from quantfid.fidelity.settings import CacheMismatchError
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from quantfid.api.paths import cache_dir as cache_dir_default
+from quantfid.fidelity.cache import IDENTITY_FIELDS, ReferenceCache, build, check_context, identity_for
+from quantfid.fidelity.settings import CacheMismatchError, FidelitySettings
+
+log = logging.getLogger(__name__)
 
 EXPERIMENT = "quantfid-refcache"
 ARTIFACT_DIR = "refcache"
@@ -74,7 +82,7 @@ def fetch(key: str, client: Any, cache_dir: str | Path | None = None) -> Referen
     run = _find_run(key, client)
     if run is None:
         return None
-    root = Path(cache_dir or default_cache_dir()) / "refcache"
+    root = Path(cache_dir or cache_dir_default()) / "refcache"
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix=f".fetch-{key}-") as tmp:
         local = Path(client.download_artifacts(run.info.run_id, ARTIFACT_DIR, dst_path=tmp))
@@ -86,3 +94,41 @@ def fetch(key: str, client: Any, cache_dir: str | Path | None = None) -> Referen
             shutil.rmtree(final)
         shutil.move(str(local), final)
     return ReferenceCache.load(final, verify=False)
+
+
+def get_or_build(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    settings: FidelitySettings,
+    reference_fingerprint: str,
+    cache_dir: str | Path | None = None,
+    client: Any = None,
+    publish_new: bool = False,
+) -> ReferenceCache:
+    """The cache for ``settings``: local if valid, else fetched from the tracking store, else built (and published).
+
+    A local or fetched cache that fails verification is discarded and rebuilt, with a warning.
+    """
+    check_context(model, settings.context)
+    identity, _, _ = identity_for(settings, reference_fingerprint, tokenizer)
+    key = identity["key"]
+    root = Path(cache_dir or cache_dir_default())
+    local = root / "refcache" / key
+    if local.exists():
+        try:
+            return ReferenceCache.load(local, expect={k: identity[k] for k in IDENTITY_FIELDS})
+        except CacheMismatchError as err:
+            log.warning("discarding reference cache %s: %s", local, err)
+            shutil.rmtree(local, ignore_errors=True)
+    if client is not None:
+        try:
+            cache = fetch(key, client, cache_dir=root)
+        except CacheMismatchError as err:
+            log.warning("reference cache %s in the tracking store is refused: %s", key, err)
+            cache = None
+        if cache is not None:
+            return cache
+    cache = build(model, tokenizer, settings, reference_fingerprint, cache_dir=root)
+    if client is not None and publish_new:
+        publish(cache, client)
+    return cache

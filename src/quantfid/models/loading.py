@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from quantfid.api.paths import organism_dir
+
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -34,7 +36,7 @@ class ModelSpec:
 
 def organism_path() -> Path:
     """Directory of the shipped organism (weights, tokenizer, config) inside the installed package."""
-    return Path(__file__).resolve().parent.parent / "organism" / "weights"
+    return organism_dir()
 
 
 def resolve_name(name_or_path: str) -> str:

@@ -4,6 +4,7 @@ quantfid-organism train  --out runs/organism --minutes 75     # train from scrat
 quantfid-organism export --from runs/organism                 # copy trained files into the package
 quantfid-organism eval   [--model organism] [--out DIR]       # per-family accuracy + held-out code perplexity
 quantfid-organism card   [--out DIR]                          # eval + the round-to-nearest sanity sweep
+quantfid-organism cohort-table --kld 8 --acc 20 --sort kld    # the cohort's bits, size, KLD and accuracy table
 """
 
 from __future__ import annotations
@@ -15,8 +16,15 @@ import sys
 import time
 from pathlib import Path
 
-from quantfid.models import ModelLoadError, ModelSpec, load_model, load_reference, organism_path
-from quantfid.organism.evaluate import EVAL_PER_FAMILY
+from tokenizers import Tokenizer
+
+from quantfid.data.tasks import EVAL_PER_FAMILY
+from quantfid.data.tokenizer import add_bos
+from quantfid.models import ModelLoadError, ModelSpec, load_model, load_reference, load_tokenizer, organism_path
+from quantfid.organism import cohort_table
+from quantfid.organism.evaluate import heldout_code_perplexity, score_tasks, summarize
+from quantfid.organism.train import TrainConfig, train
+from quantfid.quant.backends.rtn import rtn_quantize_
 
 SHIPPED_FILES = (
     "config.json",
@@ -30,8 +38,6 @@ RTN_BITS = (8, 6, 4, 3, 2)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from quantfid.organism.train import TrainConfig, train
-
     init = str(organism_path()) if args.init_from == "organism" else args.init_from
     cfg = TrainConfig(seed=args.seed, steps=args.steps, max_minutes=args.minutes, init_from=init)
     meta = train(cfg, Path(args.out))
@@ -41,10 +47,6 @@ def _train(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     """Copy a trained organism into the package (adding the BOS post-processor to its tokenizer)."""
-    from tokenizers import Tokenizer
-
-    from quantfid.organism.tokenizer import add_bos
-
     src, dst = Path(args.source), organism_path()
     missing = [f for f in ("config.json", "model.safetensors", "tokenizer.json") if not (src / f).exists()]
     if missing:
@@ -62,8 +64,6 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _evaluate(name: str, n_per_family: int, out: Path | None) -> dict:
-    from quantfid.organism.evaluate import heldout_code_perplexity, score_tasks, summarize
-
     ref = load_reference(ModelSpec(name))
     started = time.time()
     outcomes = score_tasks(ref.model, ref.tokenizer, n_per_family)
@@ -99,9 +99,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _card(args: argparse.Namespace) -> int:
     """Everything docs/organism.md reports: accuracy per family, held-out ppl, and the RTN bits sweep."""
-    from quantfid.organism.evaluate import heldout_code_perplexity, score_tasks, summarize
-    from quantfid.quant.rtn import rtn_quantize_
-
     out = Path(args.out) if args.out else None
     result = _evaluate(args.model, args.per_family, out)
     _print_accuracy(result)
@@ -123,8 +120,6 @@ def _card(args: argparse.Namespace) -> int:
 
 
 def load_reference_tokenizer(name: str):
-    from quantfid.models import load_tokenizer
-
     return load_tokenizer(ModelSpec(name))
 
 
@@ -154,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         p.add_argument("--out", default=None, help="write outcomes.parquet and eval.json here")
         p.set_defaults(func=func)
+    p = sub.add_parser(
+        "cohort-table", help="quantize a cohort once and print its table (see its --help)", add_help=False
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda a: cohort_table.main(a.rest))
     args = parser.parse_args(argv)
     if not 1 <= getattr(args, "per_family", 1) <= EVAL_PER_FAMILY:
         parser.error(f"--per-family must be between 1 and {EVAL_PER_FAMILY} (the held-out prompts per family)")

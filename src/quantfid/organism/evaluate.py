@@ -10,14 +10,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from quantfid.organism import corpus, tasks
-
-EVAL_PER_FAMILY = 200
-EVAL_SEED = 1234
-
-
-def heldout_instances(n_per_family: int = EVAL_PER_FAMILY, families: Sequence[str] | None = None):
-    return [i for f in (families or tasks.FAMILIES) for i in tasks.heldout_set(f, n_per_family, EVAL_SEED)]
+from quantfid.api.schema import COMPOSITE, bench_metric, bench_metrics
+from quantfid.bench.runner import run_tasks
+from quantfid.data import corpus, tasks
+from quantfid.data.tasks import EVAL_PER_FAMILY
 
 
 def score_tasks(
@@ -29,8 +25,6 @@ def score_tasks(
     """One row per prompt (task, prompt id and hash, output, passed, ...) on the first ``n_per_family`` held-out
     prompts of each family, through the bench task registry (conf/task/organism/): the organism card, the cohort
     table and the sweep score prompts with one code path."""
-    from quantfid.bench.runner import run_tasks
-
     if not 1 <= n_per_family <= EVAL_PER_FAMILY:
         raise ValueError(
             f"n_per_family={n_per_family}: the organism's held-out sets have {EVAL_PER_FAMILY} prompts per family; "
@@ -60,6 +54,8 @@ def heldout_code_perplexity(
 
 
 def summarize(outcomes: pd.DataFrame) -> dict[str, float]:
-    """Accuracy per task family and overall (mean over prompts)."""
-    per = outcomes.groupby("task")["passed"].mean().to_dict()
-    return {**{k: float(v) for k, v in per.items()}, "overall": float(outcomes["passed"].mean())}
+    """Accuracy per task family and overall (mean over prompts): the schema's ``bench.<task>.acc`` metrics, keyed
+    by task name for the card."""
+    metrics = bench_metrics(outcomes)
+    per = {str(t): metrics[bench_metric(str(t), "acc")] for t in sorted(outcomes["task"].unique())}
+    return {**per, "overall": metrics[bench_metric(COMPOSITE, "acc")]}

@@ -23,8 +23,8 @@ import torch.optim._muon as _muon
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from quantfid.organism import corpus, tasks
-from quantfid.organism.tokenizer import train_tokenizer
+from quantfid.data import corpus, tasks
+from quantfid.data.tokenizer import train_tokenizer
 
 
 @dataclass
@@ -182,7 +182,7 @@ def train(cfg: TrainConfig, out_dir: Path, log_every: int = 50, save_every: int 
     started = time.time()
     bar = tqdm(total=cfg.steps, desc="train organism", unit="step")
     running: dict[str, list[float]] = {}
-    step = 0
+    steps_done = 0  # optimizer steps taken (the loop can end by its count or by the wall-clock budget)
     for step in range(cfg.steps):
         elapsed = (time.time() - started) / 60
         progress = step / cfg.steps
@@ -203,6 +203,7 @@ def train(cfg: TrainConfig, out_dir: Path, log_every: int = 50, save_every: int 
         for opt in optimizers:
             opt.step()
             opt.zero_grad(set_to_none=True)
+        steps_done += 1
         with torch.no_grad():
             right = logits.argmax(-1) == target
             text_rows = [i for i, s in enumerate(spans) if not s]
@@ -227,9 +228,9 @@ def train(cfg: TrainConfig, out_dir: Path, log_every: int = 50, save_every: int 
     tokenizer.save_pretrained(out_dir)
     meta = {
         "train_config": asdict(cfg),
-        "steps_done": step,
+        "steps_done": steps_done,
         "minutes": round((time.time() - started) / 60, 2),
-        "tokens_seen": step * cfg.batch_size * cfg.seq_len,
+        "tokens_seen": steps_done * cfg.batch_size * cfg.seq_len,
         "parameters": sum(p.numel() for p in model.parameters()),
         "corpus": corpus.corpus_id(),
         "tasks_version": tasks.TASKS_VERSION,

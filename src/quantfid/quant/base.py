@@ -21,8 +21,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from quantfid.api.divergence import token_kld
 from quantfid.models.loading import ModelSpec, Reference, load_reference
-from quantfid.quant.config import SCHEMAS, QuantConfig, QuantConfigError, quant_fingerprint, validate_quant_config
+from quantfid.quant import registry
+from quantfid.quant.config import QuantConfig, quant_fingerprint, validate_quant_config
 from quantfid.quant.storage import model_bits, module_tensors, tensor_bits
 
 log = logging.getLogger(__name__)
@@ -52,23 +54,10 @@ class BackendResult:
     storage_bits: Callable[[str, nn.Module], int] | None = None  # override for fake-quant backends (RTN)
 
 
-class Backend(Protocol):
+class BuildFn(Protocol):
+    """What a backend registers with ``@register(SCHEMA)``: build the quant of the loaded reference."""
+
     def __call__(self, spec: ModelSpec, cfg: QuantConfig, reference: Reference) -> BackendResult: ...
-
-
-BACKENDS: dict[str, Backend] = {}
-
-
-def register(name: str) -> Callable[[Backend], Backend]:
-    """Register a backend under ``name`` (which must have a schema in :data:`quantfid.quant.config.SCHEMAS`)."""
-
-    def wrap(fn: Backend) -> Backend:
-        if name not in SCHEMAS:
-            raise KeyError(f"backend {name!r} has no schema in quantfid.quant.config.SCHEMAS")
-        BACKENDS[name] = fn
-        return fn
-
-    return wrap
 
 
 @dataclass
@@ -84,6 +73,29 @@ class QuantizedModel:
     model_bytes: int
     verification: dict[str, Any]
     reference_fingerprint: str = ""
+
+    @property
+    def is_reference(self) -> bool:
+        """The unquantized reference itself (backend ``reference``), the anchor every flip is counted against."""
+        return self.fingerprint == self.reference_fingerprint
+
+
+def reference_quant(reference: Reference) -> QuantizedModel:
+    """The reference in the shape of a quant, without building anything: its outcomes are what flips are counted
+    against. Same fingerprint, config and size facts as ``quantize(spec, {"name": "reference", "backend":
+    "reference"}, reference)``."""
+    qc = validate_quant_config({"name": "reference", "backend": "reference"})
+    bits = float(next(reference.model.parameters()).element_size() * 8)
+    return QuantizedModel(
+        model=reference.model,
+        name=qc.name,
+        config=qc.resolved,
+        fingerprint=quant_fingerprint(qc, reference.fingerprint),
+        bits_per_weight=bits,
+        model_bytes=int(model_bits(reference.model) // 8),
+        verification={},
+        reference_fingerprint=reference.fingerprint,
+    )
 
 
 def linear_names(model: nn.Module) -> list[str]:
@@ -173,8 +185,7 @@ def verify(
         ) from err
     diff = (logits - ref_logits).abs()
     top1 = (logits.argmax(-1) == ref_logits.argmax(-1)).float().mean().item()
-    ref_lp, q_lp = ref_logits.log_softmax(-1), logits.log_softmax(-1)
-    kld = (ref_lp.exp() * (ref_lp - q_lp)).sum(-1).mean().item()
+    kld = token_kld(ref_logits, logits).mean().item()
     if not torch.isfinite(logits).all():
         raise QuantVerificationError(f"quant={cfg.name!r}: non-finite logits on the probe batch")
     if result.targets and diff.max().item() == 0.0:
@@ -234,16 +245,12 @@ def quantize(
             f"quant={qc.name!r} is GPU-only: {reason}. Run it with model.device=cuda on a CUDA machine, or choose a "
             "CPU-capable config."
         )
-    if qc.backend not in BACKENDS:
-        raise QuantConfigError(
-            f"quant.backend={qc.backend!r} has no registered implementation; have {sorted(BACKENDS)}"
-        )
     if reference is None:
         reference = load_reference(spec)
     started = time.perf_counter()
     ids = probe_batch(reference)
     ref_logits = probe_logits(reference.model, ids)
-    result = BACKENDS[qc.backend](spec, qc, reference)
+    result = registry.get(qc.backend).build(spec, qc, reference)
     result.model.eval()
     seconds = time.perf_counter() - started
     # account first: bitsandbytes repacks 4-bit weights for its CPU kernel on the first forward (and drops the

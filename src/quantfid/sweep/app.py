@@ -10,33 +10,33 @@ Each job: load reference -> quantize -> measure fidelity -> run benchmarks -> tr
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-#: conf/ at the project root (the package is installed editable; QUANTFID_CONF_DIR points elsewhere if not).
-CONF_DIR = os.environ.get("QUANTFID_CONF_DIR") or str(Path(__file__).resolve().parents[3] / "conf")
+from quantfid.api.paths import conf_dir
+from quantfid.quant.config import cohort
+from quantfid.sweep.configs import register_configs
+from quantfid.sweep.task import run_job
+
+#: The configs shipped with the package (or $QUANTFID_CONF_DIR): quantfid.api.paths.
+CONF_DIR = str(conf_dir())
 
 
 def _cohort(name: str) -> str:
     """``${cohort:organism}`` -> the cohort's quant names as one sweep value list (``reference,rtn_w8_g128,...``)."""
-    from quantfid.quant import cohort
-
     return ",".join(cohort(name))
 
 
 # Registered at import, before Hydra composes: experiment presets sweep `quant: ${cohort:organism}`, so the cohort has
 # one source of truth (conf/cohort/<name>.yaml).
 OmegaConf.register_new_resolver("cohort", _cohort, replace=True)
+register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> dict:
-    from quantfid.sweep.task import run_job
-
     return run_job(cfg)
 
 

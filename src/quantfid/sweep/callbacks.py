@@ -16,6 +16,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from quantfid.api import schema as S
 from quantfid.sweep.context import SweepContext, new_sweep_id
 from quantfid.tracking import runs as R
 from quantfid.tracking.store import StoreError, check_store, resolve_store, setup_experiment
@@ -51,7 +52,7 @@ def begin_sweep(cfg: DictConfig, multirun: bool, out_dir: str | None = None) -> 
     if hydra_node is not None:
         choices = OmegaConf.to_container(hydra_node.runtime.choices) or {}
     preset = str(choices.get("experiment") or "none")
-    tags = {R.TAG_EXPERIMENT: preset, "quantfid.multirun": str(multirun).lower()}
+    tags = {S.TAG_EXPERIMENT: preset, "quantfid.multirun": str(multirun).lower()}
     run_id = R.create_sweep_run(client, experiment_id, sweep_id, f"sweep {preset} {sweep_id}", tags)
     jobs_log = ""
     if out_dir:
@@ -82,7 +83,7 @@ def end_sweep(ctx: SweepContext) -> dict[str, int]:
     client = mlflow.MlflowClient(ctx.tracking_uri)
     counts = summarize(ctx)
     for status, n in counts.items():
-        client.set_tag(ctx.sweep_run_id, f"quantfid.jobs.{status.lower()}", str(n))
+        client.set_tag(ctx.sweep_run_id, f"{S.TAG_JOBS_PREFIX}{status.lower()}", str(n))
     client.set_terminated(ctx.sweep_run_id, "FINISHED")
     msg = (
         f"sweep {ctx.sweep_id}: {counts['FINISHED']} finished, {counts['SKIPPED']} skipped (already FINISHED), "

@@ -15,6 +15,11 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from quantfid.api import schema as S
+from quantfid.models.loading import tokenizer_fingerprint
+from quantfid.sweep import stages
+from quantfid.sweep.callbacks import begin_sweep, end_sweep
+from quantfid.sweep.context import SweepContext
 from quantfid.tracking import runs as R
 from quantfid.tracking.identity import run_identity, to_container
 
@@ -33,9 +38,8 @@ def _choice(group: str, job: dict[str, Any]) -> str:
 
 def run_name_for(quant_name: str, fidelity: dict[str, Any] | None) -> str:
     """``rtn_w4g64@code.256``: the quant and the fidelity setting, readable in the MLflow runs table."""
-    if fidelity and fidelity.get("corpus") is not None:
-        return f"{quant_name}@{fidelity.get('corpus')}.{fidelity.get('context')}"
-    return quant_name
+    fidelity = fidelity or {}
+    return S.run_name(quant_name, fidelity.get("corpus"), fidelity.get("context"))
 
 
 def _append_job_log(path: str, record: dict[str, Any]) -> None:
@@ -46,9 +50,6 @@ def _append_job_log(path: str, record: dict[str, Any]) -> None:
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
     """Run one job under the sweep's tracking context; never raises for a failure inside the pipeline."""
-    from quantfid.sweep.callbacks import begin_sweep, end_sweep
-    from quantfid.sweep.context import SweepContext
-
     ctx = SweepContext.from_env()
     standalone = ctx is None
     if ctx is None:  # started without the sweep callback (e.g. hydra.callbacks cleared): be our own sweep
@@ -62,8 +63,6 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
 
 def _run_tracked(cfg: DictConfig, ctx) -> dict[str, Any]:
     import mlflow
-
-    from quantfid.sweep import stages
 
     job = to_container(cfg)
     identity = run_identity(cfg)
@@ -82,14 +81,14 @@ def _run_tracked(cfg: DictConfig, ctx) -> dict[str, Any]:
         _append_job_log(ctx.jobs_log, {**record, "status": "SKIPPED", "run_id": done})
         return {**record, "status": "SKIPPED", "run_id": done}
 
-    is_reference = str((job.get("quant") or {}).get("backend")) in ("reference", "none")
+    is_reference = stages.is_reference_config(job.get("quant") or {}, quant_name)
     tags = {
-        R.TAG_SCHEMA: R.SCHEMA_VERSION,
-        R.TAG_ROLE: R.ROLE_REFERENCE if is_reference else R.ROLE_QUANT,
-        R.TAG_SWEEP: ctx.sweep_id,
-        R.TAG_IDENTITY: identity,
-        R.TAG_QUANT_NAME: "reference" if is_reference else quant_name,
-        R.TAG_EXPERIMENT: _choice("experiment", job),
+        S.TAG_SCHEMA: S.SCHEMA_VERSION,
+        S.TAG_ROLE: S.ROLE_REFERENCE if is_reference else S.ROLE_QUANT,
+        S.TAG_SWEEP: ctx.sweep_id,
+        S.TAG_IDENTITY: identity,
+        S.TAG_QUANT_NAME: S.REFERENCE_NAME if is_reference else quant_name,
+        S.TAG_EXPERIMENT: _choice("experiment", job),
     }
     run = mlflow.start_run(experiment_id=ctx.experiment_id, run_name=name, parent_run_id=ctx.sweep_run_id, tags=tags)
     record["run_id"] = run.info.run_id
@@ -100,26 +99,29 @@ def _run_tracked(cfg: DictConfig, ctx) -> dict[str, Any]:
             params_job["quant"] = stages.validate_quant_stage(job["quant"], quant_name)
         finally:
             mlflow.log_params(R.params_for(params_job))
-        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), S.CONFIG_ARTIFACT)
 
         ref = stages.load_reference_stage(stages.model_spec(job["model"]))
-        mlflow.set_tags({R.TAG_REFERENCE: ref.fingerprint, R.TAG_TOKENIZER: stages.tokenizer_fp(ref)})
+        mlflow.set_tags({S.TAG_REFERENCE: ref.fingerprint, S.TAG_TOKENIZER: tokenizer_fingerprint(ref.tokenizer)})
 
         quant = stages.quantize_stage(ref, job["quant"], quant_name)
-        mlflow.set_tag(R.TAG_QUANT_FP, quant.fingerprint)
-        mlflow.log_metrics({"quant.bits_per_weight": quant.bits_per_weight, "quant.model_bytes": quant.model_bytes})
+        mlflow.set_tag(S.TAG_QUANT_FP, quant.fingerprint)
+        mlflow.log_metrics(
+            {S.METRIC_BITS_PER_WEIGHT: quant.bits_per_weight, S.METRIC_MODEL_BYTES: float(quant.model_bytes)}
+        )
 
         if fidelity is not None:
             mlflow.log_metrics(stages.measure_fidelity_stage(ref, quant, fidelity, cache_dir))
 
         bench = job.get("bench") or {}
         outcomes = stages.bench_stage(ref, quant, bench, cache_dir)
-        outcomes = R.conform_outcomes(stages.per_prompt_kld_stage(ref, quant, outcomes, bench, cache_dir))
-        mlflow.log_metrics(R.bench_metrics(outcomes))
+        outcomes = S.conform_outcomes(stages.per_prompt_kld_stage(ref, quant, outcomes, bench, cache_dir))
+        mlflow.log_metrics(S.bench_metrics(outcomes))
+        artifact = Path(S.OUTCOMES_ARTIFACT)
         out_dir.mkdir(parents=True, exist_ok=True)
-        outcomes.to_parquet(out_dir / "outcomes.parquet", index=False)
-        mlflow.log_artifact(str(out_dir / "outcomes.parquet"), "outcomes")
-        mlflow.log_metric("job.seconds", time.perf_counter() - t0)
+        outcomes.to_parquet(out_dir / artifact.name, index=False)
+        mlflow.log_artifact(str(out_dir / artifact.name), str(artifact.parent))
+        mlflow.log_metric(S.METRIC_JOB_SECONDS, time.perf_counter() - t0)
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
         raise

@@ -1,4 +1,5 @@
-"""Track stage: MLflow store set-up and checks, run identity, the tracking schema (docs/schema.md), resume/skip.
+"""Track stage: MLflow store set-up and checks, run identity, run records in the tracking schema
+(quantfid.api.schema), resume/skip.
 
 Names are imported lazily: ``python -m quantfid.tracking.team`` must not pay for torch and transformers.
 """
@@ -12,8 +13,6 @@ _EXPORTS = {
     "model_source_fingerprint": "quantfid.tracking.identity",
     "run_identity": "quantfid.tracking.identity",
     "semantic_config": "quantfid.tracking.identity",
-    "SCHEMA_VERSION": "quantfid.tracking.runs",
-    "bench_metrics": "quantfid.tracking.runs",
     "find_finished": "quantfid.tracking.runs",
     "flatten": "quantfid.tracking.runs",
     "params_for": "quantfid.tracking.runs",

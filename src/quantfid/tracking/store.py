@@ -14,6 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+try:
+    from quantfid_mlflow.casuri import BLOB_DIR, cas_uri_to_path
+except ImportError as err:  # its own distribution (mlflow_plugins/), installed beside quantfid
+    raise ImportError(
+        "quantfid's MLflow plugins are not installed: run `pip install ./mlflow_plugins` in the quantfid checkout "
+        "(scripts/setup.sh does it)"
+    ) from err
+
 ENV_URI = "MLFLOW_TRACKING_URI"
 REACH_TIMEOUT_S = 5.0
 
@@ -119,8 +127,6 @@ def check_store(store: Store) -> None:
         raise StoreError(f"tracking store {store.uri!r}: unknown scheme {scheme!r}; use sqlite:///..., http(s)://...")
     loc = store.artifact_location
     if loc and (loc.startswith("cas://") or loc.startswith("file://") or loc.startswith("/")):
-        from mlflow_plugins.casuri import cas_uri_to_path
-
         path = cas_uri_to_path(loc) if loc.startswith("cas://") else Path(urlparse(loc).path)
         _check_writable_dir(path, "artifact", store.uri)
 
@@ -129,8 +135,6 @@ def setup_experiment(store: Store) -> str:
     """Point MLflow at the store and get or create the experiment; returns its id."""
     import mlflow
     from mlflow.exceptions import MlflowException
-
-    from mlflow_plugins.casuri import BLOB_DIR, cas_uri_to_path
 
     mlflow.set_tracking_uri(store.uri)
     client = mlflow.MlflowClient(store.uri)

@@ -1,0 +1,117 @@
+"""The tracking schema: the contract between the sweep, which writes MLflow runs, and the analysis, which reads them
+(docs/schema.md is its prose). Every tag, param group, metric name, artifact path and outcome column has its one
+home here; change it only with a :data:`SCHEMA_VERSION` bump.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pandas is imported by the callers that hold outcome tables
+    import pandas as pd
+
+SCHEMA_VERSION = "1"
+
+# ---- tags
+TAG_PREFIX = "quantfid."
+TAG_SCHEMA = "quantfid.schema_version"
+TAG_ROLE = "quantfid.role"
+TAG_SWEEP = "quantfid.sweep_id"
+TAG_IDENTITY = "quantfid.run_identity"
+TAG_REFERENCE = "quantfid.reference_fingerprint"
+TAG_TOKENIZER = "quantfid.tokenizer_fingerprint"
+TAG_QUANT_FP = "quantfid.quant_fingerprint"
+TAG_QUANT_NAME = "quantfid.quant_name"
+TAG_EXPERIMENT = "quantfid.experiment"
+TAG_ERROR = "quantfid.error"
+TAG_JOBS_PREFIX = "quantfid.jobs."
+TAG_SYNTHETIC = "quantfid.synthetic"
+
+# ---- roles (the ``quantfid.role`` tag)
+ROLE_SWEEP = "sweep"
+ROLE_REFERENCE = "reference"
+ROLE_QUANT = "quant"
+ROLE_ANALYSIS = "analysis"
+ROLE_REFCACHE = "refcache"
+#: Roles whose runs make up a cohort (one row per quant; the reference is the anchor).
+COHORT_ROLES = (ROLE_QUANT, ROLE_REFERENCE)
+#: The name the reference carries in the ``quantfid.quant_name`` tag and in every cohort table.
+REFERENCE_NAME = "reference"
+
+# ---- params: every key of these config groups, flattened with ``.``
+PARAM_GROUPS = ("model", "quant", "fidelity", "bench")
+PARAM_CORPUS = "fidelity.corpus"
+PARAM_CONTEXT = "fidelity.context"
+
+# ---- metrics
+FIDELITY_PREFIX = "fid."
+BENCH_PREFIX = "bench."
+COMPOSITE = "composite"
+METRIC_BITS_PER_WEIGHT = "quant.bits_per_weight"
+METRIC_MODEL_BYTES = "quant.model_bytes"
+METRIC_JOB_SECONDS = "job.seconds"
+BENCH_METRIC = re.compile(r"^bench\.(.+)\.(acc|n)$")
+
+# ---- artifacts
+OUTCOMES_ARTIFACT = "outcomes/outcomes.parquet"
+CONFIG_ARTIFACT = "config/resolved.yaml"
+ERROR_ARTIFACT = "error.txt"
+
+# ---- the per-prompt outcome table (``outcomes/outcomes.parquet``)
+#: What the bench stage writes for every prompt, in order.
+OUTCOME_COLUMNS = ("task", "prompt_id", "prompt_hash", "output", "passed", "score")
+#: Further bench columns: the task's version, the prompt text (the fidelity stage needs it), expected, a detail.
+EXTRA_COLUMNS = ("task_version", "prompt", "expected", "detail")
+#: Per-prompt fidelity the sweep adds: mean token KLD on the prompt, and teacher-forced on the reference's output.
+FIDELITY_COLUMNS = ("kld_prompt", "kld_completion")
+#: The logged table's leading columns (then :data:`EXTRA_COLUMNS`).
+LOGGED_OUTCOME_COLUMNS = (*OUTCOME_COLUMNS, *FIDELITY_COLUMNS)
+#: The columns the analysis needs of a logged table (the rest of it is for people).
+OUTCOME_KEY_COLUMNS = ("task", "prompt_id", "passed")
+
+
+def task_key(task: str) -> str:
+    """``organism/arith`` -> ``organism.arith``: metric names keep ``.`` as their only separator."""
+    return task.replace("/", ".")
+
+
+def bench_metric(task: str, kind: str) -> str:
+    """``bench.<task>.<kind>`` for ``kind`` in ``acc``, ``n`` (``task`` may be :data:`COMPOSITE`)."""
+    return f"{BENCH_PREFIX}{task_key(task)}.{kind}"
+
+
+def bench_metrics(outcomes: pd.DataFrame) -> dict[str, float]:
+    """``bench.<task>.acc`` / ``.n`` per task and ``bench.composite.acc`` / ``.n`` (mean over all prompts)."""
+    metrics: dict[str, float] = {}
+    for task, group in outcomes.groupby("task", sort=True):
+        metrics[bench_metric(str(task), "acc")] = float(group["passed"].mean())
+        metrics[bench_metric(str(task), "n")] = float(len(group))
+    if len(outcomes):
+        metrics[bench_metric(COMPOSITE, "acc")] = float(outcomes["passed"].mean())
+        metrics[bench_metric(COMPOSITE, "n")] = float(len(outcomes))
+    return metrics
+
+
+def conform_outcomes(outcomes: pd.DataFrame) -> pd.DataFrame:
+    """The logged column set, order and dtypes; a stage that did not measure a column leaves it NaN, never invents
+    it. Raises ``ValueError`` when a bench column is missing."""
+    df = outcomes.copy()
+    if "score" not in df:
+        df["score"] = df["passed"].astype(float)
+    for col in FIDELITY_COLUMNS:
+        if col not in df:
+            df[col] = math.nan
+    missing = [c for c in LOGGED_OUTCOME_COLUMNS if c not in df]
+    if missing:
+        raise ValueError(f"outcome table lacks columns {missing}; the bench stage must provide {list(OUTCOME_COLUMNS)}")
+    df = df[[*LOGGED_OUTCOME_COLUMNS, *(c for c in df.columns if c not in LOGGED_OUTCOME_COLUMNS)]]
+    df["passed"] = df["passed"].astype(bool)
+    df["score"] = df["score"].astype(float)
+    return df.reset_index(drop=True)
+
+
+def run_name(quant_name: str, corpus: str | None = None, context: int | None = None) -> str:
+    """``rtn_w4_g64@code.256``: the quant and its fidelity setting, readable in the MLflow runs table."""
+    return f"{quant_name}@{corpus}.{context}" if corpus is not None else quant_name
