@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantfid.analysis import AnalysisConfig, AnalysisInputError, analyze
+from quantfid.analysis import AnalysisConfig, AnalysisInputError, SilentZoneConfig, analyze
 from quantfid.analysis.cli import main
 from quantfid.analysis.external import import_external, parse_kld_log, read_lm_eval_samples
 
@@ -24,11 +24,11 @@ def test_parse_llama_cpp_kld_log():
     m = parse_kld_log((DATA / "q4_k_m.kld.log").read_text(encoding="utf-8"))
     expected = {
         "kld_mean": 0.031273, "kld_mean_se": 0.000238, "kld_max": 5.911021, "kld_p999": 1.834118,
-        "kld_p99": 0.412901, "kld_p95": 0.118233, "kld_p90": 0.066712, "kld_median": 0.011044, "kld_p01": -0.000002,
-        "kld_min": -0.000011, "ppl_quant": 6.407115, "ppl_base": 6.231633, "ln_ppl_ratio": 0.027772,
+        "kld_p99": 0.412901, "kld_p95": 0.118233, "kld_p90": 0.066712, "kld_median": 0.011044, "kld_p10": 0.000312,
+        "kld_p05": 0.000105, "kld_p01": 0.000011, "kld_p001": -0.000002, "kld_min": -0.000011, "ppl_quant": 6.407115, "ppl_base": 6.231633, "ln_ppl_ratio": 0.027772,
         "ln_ppl_ratio_se": 0.000723, "ppl_ratio": 1.028160, "ppl_diff": 0.175482, "ln_ppl_cor": 0.9934,
         "top1_agree": 0.91901, "top1_agree_se": 0.00072, "rms_dp": 0.05519, "dp_mean": -0.00596, "dp_p75": 0.00402,
-        "dp_max": 0.95054,
+        "dp_max": 0.95054, "dp_p25": -0.00611, "dp_p01": -0.19567, "dp_p001": -0.56054,
     }  # fmt: skip
     for k, v in expected.items():
         assert m[k] == pytest.approx(v, rel=1e-9), k
@@ -60,8 +60,16 @@ def test_kld_logs_plus_scores_csv(tmp_path):
     assert "top1_agree" in c.variants and c.table.at["q8_0", "ppl_quant"] == pytest.approx(6.407115)
     res = analyze(c, AnalysisConfig(n_boot=200, progress=False))
     sz = res.summary["silent_zone"]
-    assert sz["method"] == "ci_overlap"
-    assert "q2_k" not in sz["silent_quants"] and "q8_0" in sz["silent_quants"]
+    # no per-prompt outcomes: the default equivalence zone uses unpaired CIs, and says so
+    assert sz["method"] == "equivalence" and sz["paired"] is False
+    eq = res.summary["equivalence"]
+    assert "unpaired" in eq["ci_method"]
+    # 500 prompts each, unpaired: q2_k (-0.19) differs; q8_0 (0.00) cannot be shown within +-0.02 (n too small)
+    assert eq["groups"]["different"] == ["q2_k"]
+    assert "q8_0" in eq["groups"]["indeterminate"]
+    old = analyze(c, AnalysisConfig(n_boot=0, progress=False, silent=SilentZoneConfig(method="ci_overlap")))
+    assert "q2_k" not in old.summary["silent_zone"]["silent_quants"]
+    assert "q8_0" in old.summary["silent_zone"]["silent_quants"]
     r = next(r for r in res.summary["correlations"]
              if r["variant"] == "kld_mean" and r["target"] == "score.composite" and r["zone"] == "full")  # fmt: skip
     assert r["rho"] == pytest.approx(-1.0)  # scores fall strictly as kld_mean rises
@@ -116,9 +124,12 @@ def test_lm_eval_samples_give_per_prompt_outcomes(tmp_path):
     assert c.tasks == ["arc_easy", "hellaswag"]
     assert c.table.at["reference", "score.arc_easy"] == pytest.approx(ref["arc_easy"].mean())
     res = analyze(c, AnalysisConfig(n_boot=100, progress=False))
-    assert res.summary["silent_zone"]["method"] == "mcnemar"
-    assert "qa" in res.summary["silent_zone"]["silent_quants"]
-    assert "qd" not in res.summary["silent_zone"]["silent_quants"]
+    assert res.summary["silent_zone"]["method"] == "equivalence" and res.summary["silent_zone"]["paired"] is True
+    assert "qd" in res.summary["equivalence"]["groups"]["different"]
+    paper = res.summary["paper_zone"]  # the paper-style McNemar zone, beside it
+    assert paper["method"] == "mcnemar"
+    assert "qa" in paper["silent_quants"]
+    assert "qd" not in paper["silent_quants"]
     assert res.flips.at["qa", "volume.composite"] == 0
     assert res.summary["failure_prediction"] is None  # lm-eval has no per-prompt KLD
     assert any("no per-prompt KLD" in n for n in res.summary["notes"])

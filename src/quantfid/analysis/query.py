@@ -26,6 +26,7 @@ SCHEMA_VERSION = "1"
 OUTCOMES_PATH = "outcomes/outcomes.parquet"
 TAG = "quantfid."
 _BENCH = re.compile(r"^bench\.(.+)\.(acc|n)$")
+QUANT_FACTS = ("quant.bits_per_weight", "quant.model_bytes")  # schema v1 metrics: size of the quantized model
 _READ_COLUMNS = ["task", "prompt_id", "passed", "kld_prompt", "kld_completion"]
 
 
@@ -142,6 +143,8 @@ def cohort_from_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[
                 name = m[4:] + setting
                 rec[name] = float(v)
                 variants.add(name)
+            elif m in QUANT_FACTS:
+                rec.setdefault(m, float(v))
             elif mb := _BENCH.match(m):
                 task, kind = mb.groups()
                 col_name = (SCORE_PREFIX if kind == "acc" else N_PREFIX) + task

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from quantfid.analysis import report_top
 from quantfid.analysis.analyze import AnalysisResult
 from quantfid.analysis.cohort import COMPOSITE, SCORE_PREFIX
 
@@ -55,8 +56,15 @@ def plot_fidelity_vs_score(res: AnalysisResult, path: Path) -> Path:
     x = t.loc[quants, v].to_numpy(float)
     y = t.loc[quants, SCORE_PREFIX + COMPOSITE].to_numpy(float)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter(x[silent], y[silent], c=SILENT_COLOR, s=22, label=f"silent zone (n={int(silent.sum())})")
-    ax.scatter(x[~silent], y[~silent], c=OUTSIDE_COLOR, s=22, marker="x", label=f"outside (n={int((~silent).sum())})")
+    if "verdict" in res.zone.columns:  # equivalence: three groups
+        ver = res.zone.loc[quants, "verdict"].to_numpy()
+        for name, (col, mk) in report_top.VERDICT_STYLE.items():
+            m = ver == name
+            ax.scatter(x[m], y[m], c=col, s=22, marker=mk, label=f"{name} (n={int(m.sum())})")
+    else:
+        ax.scatter(x[silent], y[silent], c=SILENT_COLOR, s=22, label=f"silent zone (n={int(silent.sum())})")
+        ax.scatter(x[~silent], y[~silent], c=OUTSIDE_COLOR, s=22, marker="x",
+                   label=f"outside (n={int((~silent).sum())})")  # fmt: skip
     ref = s["cohort"]["reference_scores"]
     if ref and ref.get(COMPOSITE) is not None:
         ax.axhline(ref[COMPOSITE], color=REF_COLOR, ls="--", lw=1, label="reference")
@@ -179,20 +187,25 @@ def _table(frame: pd.DataFrame, max_rows: int | None = None) -> str:
 
 
 def _corr_frame(c: pd.DataFrame, target: str) -> pd.DataFrame:
-    rows = {}
-    for v in sorted(c["variant"].unique()):
-        row = {}
-        for zone in ("full", "silent"):
-            d = c[(c["variant"] == v) & (c["target"] == target) & (c["zone"] == zone)]
-            if d.empty:
-                continue
-            r = d.iloc[0]
-            row[f"{zone}: rho"] = r["rho"]
-            row[f"{zone}: 95% CI"] = f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
-            row[f"{zone}: p"] = r["p"]
-            row[f"{zone}: n"] = r["n"]
-        rows[v] = row
-    f = pd.DataFrame.from_dict(rows, orient="index")
+    """One row per variant: rho, CI, p, n per zone, and beside them p_bh, the noise ceiling and (in a zone) the
+    cross-fitted rho with its ceiling."""
+    d = c[c["target"] == target]
+    rows: dict[str, dict] = {}
+    extra = [("p_bh", "p_bh"), ("noise_ceiling", "ceiling"), ("rho_cf", "rho_cf"), ("noise_ceiling_cf", "ceiling_cf")]
+    for r in d.itertuples(index=False):
+        row = rows.setdefault(r.variant, {})
+        z = r.zone
+        row[f"{z}: rho"] = r.rho
+        row[f"{z}: 95% CI"] = f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+        row[f"{z}: p"] = r.p
+        row[f"{z}: n"] = r.n
+        for col, label in extra:
+            if col in d.columns and not (z == "full" and col in ("rho_cf", "noise_ceiling_cf")):
+                v = getattr(r, col)
+                row[f"{z}: {label}"] = None if isinstance(v, float) and not np.isfinite(v) else v
+    order = [z for z in ("full", "silent", "paper") if z in set(d["zone"])]
+    f = pd.DataFrame.from_dict(rows, orient="index").sort_index()
+    f = f[[c_ for z in order for c_ in f.columns if c_.startswith(f"{z}: ")]]
     f.index.name = "variant"
     return f
 
@@ -214,6 +227,9 @@ def write_report(res: AnalysisResult, out_dir: str | Path) -> dict[str, Path]:
         paths["volume_direction"] = plot_volume_direction(res, plots / "volume_direction.png")
     if res.failure is not None:
         paths["kld_passed_failed"] = plot_kld_passed_failed(res, plots / "kld_passed_failed.png")
+    pareto = report_top.plot_pareto(res, plots / "pareto.png")
+    if pareto is not None:
+        paths["pareto"] = pareto
     sz = s["silent_zone"]
     parts = [
         f"<html><head><meta charset='utf-8'><title>quantfid analysis</title><style>{CSS}</style></head><body>",
@@ -229,20 +245,33 @@ def write_report(res: AnalysisResult, out_dir: str | Path) -> dict[str, Path]:
     )
     for n in s["notes"]:
         parts.append(f"<p class='note'>{html.escape(n)}</p>")
+    parts.extend(report_top.top_section(res, paths))
+    parts.append("<h1>Details</h1>")
     if s.get("headline"):
         h = pd.DataFrame(s["headline"]).set_index("name")
         h["95% CI"] = [f"[{_fmt(lo)}, {_fmt(hi)}]" for lo, hi in zip(h["ci_low"], h["ci_high"], strict=True)]
-        h = h[["value", "95% CI", "p", "n", "paper"]]
+        for k in ("noise_ceiling", "rho_cf", "noise_ceiling_cf"):
+            if k not in h.columns:
+                h[k] = None
+        h = h[["value", "95% CI", "p", "n", "noise_ceiling", "rho_cf", "noise_ceiling_cf", "paper"]]
         h.index.name = f"headline ({res.primary_variant})"
         parts.append(
             "<h2>Headline numbers</h2><p>For the primary variant; the paper's values (arXiv 2606.19558) "
             "are for orientation, measured on other models and cohorts.</p>" + _table(h)
         )
+    parts.extend(report_top.equivalence_details(res))
     parts.append("<h2>Silent zone</h2>")
     if sz["method"] == "mcnemar":
         desc = (
             f"quants whose per-prompt outcomes do not differ from the reference's on any task by the exact McNemar "
             f"test, p-values corrected by {sz['correction']} (scope: {sz['scope']}) at alpha={sz['alpha']}"
+        )
+    elif sz["method"] == "equivalence":
+        desc = (
+            f"quants whose paired CI of the accuracy difference lies inside +-{sz['delta']} on "
+            f"{'the composite and every task' if sz['equivalence_scope'] == 'all' else 'the composite'} (equivalent); "
+            f"the paper-style McNemar zone ({(s.get('paper_zone') or {}).get('n_silent', 'n/a')} quants) is reported "
+            "beside it as zone 'paper'"
         )
     elif sz["method"] == "ci_overlap":
         desc = "quants whose Wilson 95% CI of accuracy overlaps the reference's on every task"
@@ -266,16 +295,25 @@ def write_report(res: AnalysisResult, out_dir: str | Path) -> dict[str, Path]:
             f"<p><i>The plot shows {MAX_PLOTTED_VARIANTS} of {n_var} variants (the paper's 14 first, then "
             "by |rho| over the full cohort); the tables list all.</i></p>"
         )
-    for tg in [f"score.{COMPOSITE}", f"volume.{COMPOSITE}", f"direction.{COMPOSITE}"]:
+    parts.append(
+        "<p>Beside every rho: p_bh (Benjamini-Hochberg over the variant families of that zone and target), the "
+        "noise ceiling (the |rho| a perfect metric would show against this noisy target), and in a zone the "
+        "cross-fitted rho (zone decided on one half of the prompts, rho measured on the other) with its own "
+        "ceiling.</p>"
+    )
+    main_targets = [f"{k}.{COMPOSITE}" for k in ("score", "volume", "direction", "balance")]
+    for tg in main_targets:
         if (res.correlations["target"] == tg).any():
-            parts.append(f"<h3>vs {tg}</h3>" + _table(_corr_frame(res.correlations, tg)))
-    others = sorted(set(res.correlations["target"]) - {f"{k}.{COMPOSITE}" for k in ("score", "volume", "direction")})
+            parts.append(f"<details><summary>vs {tg}</summary>" + _table(_corr_frame(res.correlations, tg))
+                         + "</details>")  # fmt: skip
+    others = sorted(set(res.correlations["target"]) - set(main_targets))
     if others:
         parts.append(
             "<details><summary>per-task correlations</summary>"
             + "".join(f"<h4>vs {tg}</h4>" + _table(_corr_frame(res.correlations, tg)) for tg in others)
             + "</details>"
         )
+    parts.extend(report_top.crossfit_details(res))
     if res.flips is not None:
         vd = s["volume_direction"]
         parts.append("<h2>Volume vs direction</h2>")
@@ -323,6 +361,8 @@ def write_report(res: AnalysisResult, out_dir: str | Path) -> dict[str, Path]:
             + _table(res.failure["per_quant"], 300)
             + "</details>"
         )
+    parts.extend(report_top.controls_details(res))
+    parts.extend(report_top.direction_details(res))
     if s["router"] is not None:
         r = s["router"]
         a, b = r["accuracy"], r["accuracy_prompt_bootstrap"]
@@ -340,6 +380,8 @@ def write_report(res: AnalysisResult, out_dir: str | Path) -> dict[str, Path]:
             "quants of different damage, the lower-KLD quant is usually the less damaged one: above-chance "
             "accuracy here can reflect that, not per-prompt direction.</p>"
         )
+    parts.extend(report_top.router_details(res))
+    parts.extend(report_top.families_details(res))
     parts.append(f"<h2>Settings</h2><pre>{html.escape(json.dumps(s['settings'], indent=1))}</pre>")
     parts.append(f"<p>Analysis time: {s['elapsed_s']} s.</p></body></html>")
     report = out / "report.html"
