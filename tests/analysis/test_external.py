@@ -25,7 +25,8 @@ def test_parse_llama_cpp_kld_log():
     expected = {
         "kld_mean": 0.031273, "kld_mean_se": 0.000238, "kld_max": 5.911021, "kld_p999": 1.834118,
         "kld_p99": 0.412901, "kld_p95": 0.118233, "kld_p90": 0.066712, "kld_median": 0.011044, "kld_p10": 0.000312,
-        "kld_p05": 0.000105, "kld_p01": 0.000011, "kld_p001": -0.000002, "kld_min": -0.000011, "ppl_quant": 6.407115, "ppl_base": 6.231633, "ln_ppl_ratio": 0.027772,
+        "kld_p05": 0.000105, "kld_p01": 0.000011, "kld_p001": -0.000002, "kld_min": -0.000011,
+        "ppl_quant": 6.407115, "ppl_base": 6.231633, "ln_ppl_ratio": 0.027772,
         "ln_ppl_ratio_se": 0.000723, "ppl_ratio": 1.028160, "ppl_diff": 0.175482, "ln_ppl_cor": 0.9934,
         "top1_agree": 0.91901, "top1_agree_se": 0.00072, "rms_dp": 0.05519, "dp_mean": -0.00596, "dp_p75": 0.00402,
         "dp_max": 0.95054, "dp_p25": -0.00611, "dp_p01": -0.19567, "dp_p001": -0.56054,
