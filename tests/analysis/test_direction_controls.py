@@ -97,7 +97,7 @@ def test_within_prompt_permutation_p_against_monte_carlo():
     perms = np.array(perms)
     mc = np.mean(np.abs(perms - perms.mean()) >= abs(u_obs - perms.mean()))
     assert 0.002 < mc < 0.2  # a moderate effect: the comparison is not decided at the edges
-    assert res["p_permutation"] == pytest.approx(mc, abs=0.015)
+    assert res["p_permutation"] == pytest.approx(mc, abs=0.02)
 
 
 def test_within_prompt_concordance_by_hand():

@@ -7,6 +7,7 @@ illustrative input in the documented CSV format, not a measured result.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +171,103 @@ def test_cli_rejects_two_sources_and_missing_files(tmp_path, capsys):
     assert "not both" in capsys.readouterr().err
     assert main(["--kld-log", str(tmp_path / "missing.log"), "--no-log"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- llama.cpp percentile names = native names
+
+
+def _native_percentiles() -> dict[str, float]:
+    """quantfid.fidelity.metrics' _KLD_PCTS / _DP_PCTS read from the source (importing it would pull in torch)."""
+    import ast
+
+    import quantfid
+
+    src = (Path(quantfid.__file__).parent / "fidelity" / "metrics.py").read_text(encoding="utf-8")
+    tree = ast.parse(src)
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and node.targets[0].id in ("_KLD_PCTS", "_DP_PCTS"):
+            d = node.value
+            if isinstance(d, ast.Dict):
+                for k, v in zip(d.keys, d.values, strict=True):
+                    if k is None:  # {**_KLD_PCTS, ...}
+                        continue
+                    out[ast.literal_eval(k)] = ast.literal_eval(v)
+    return out
+
+
+def _llama_cpp_log(kld: np.ndarray, dp: np.ndarray) -> str:
+    """The tail of `llama-perplexity --kl-divergence` exactly as perplexity.cpp prints it (its printf formats; the
+    percentile of a sorted vector interpolated at fraction * (n - 1), as np.percentile does)."""
+    def pct(x, f):
+        return float(np.percentile(x, 100 * f))
+
+    lines = ["kl_divergence: 0.42 seconds per pass - ETA 0.05 minutes", "",
+             "chunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence              Δp RMS"
+             "            Same top p",
+             "   1       7.0123 ±    1.4211       0.02101 ±    0.01213       0.02911 ±    0.00302     5.012 ±  0.588 %"
+             "    92.157 ±  1.687 %", "",
+             "====== Perplexity statistics ======",
+             "Mean PPL(Q)                   : %10.6lf ± %10.6lf" % (6.407115, 0.039119),
+             "Mean PPL(base)                : %10.6lf ± %10.6lf" % (6.231633, 0.037716),
+             "Cor(ln(PPL(Q)), ln(PPL(base))): %6.2lf%%" % 99.34,
+             "Mean ln(PPL(Q)/PPL(base))     : %10.6lf ± %10.6lf" % (0.027772, 0.000723),
+             "Mean PPL(Q)/PPL(base)         : %10.6lf ± %10.6lf" % (1.028161, 0.000743),
+             "Mean PPL(Q)-PPL(base)         : %10.6lf ± %10.6lf" % (0.175482, 0.004620), "",
+             "====== KL divergence statistics ======",
+             "Mean    KLD: %10.6lf ± %10.6lf" % (kld.mean(), kld.std() / np.sqrt(len(kld) - 1)),
+             "Maximum KLD: %10.6f" % kld.max()]  # fmt: skip
+    for label, f in (("99.9%", 0.999), ("99.0%", 0.99), ("95.0%", 0.95), ("90.0%", 0.90)):
+        lines.append((label.replace("%", "%%") + "   KLD: %10.6f") % pct(kld, f))
+    lines.append("Median  KLD: %10.6f" % np.median(kld))
+    for label, f in (("10.0%", 0.10), (" 5.0%", 0.05), (" 1.0%", 0.01), (" 0.1%", 0.001)):
+        lines.append((label.replace("%", "%%") + "   KLD: %10.6f") % pct(kld, f))
+    lines += ["Minimum KLD: %10.6f" % kld.min(), "", "====== Token probability statistics ======",
+              "Mean    Δp: %6.3lf ± %5.3lf %%" % (100 * dp.mean(), 100 * dp.std() / np.sqrt(len(dp) - 1)),
+              "Maximum Δp: %6.3lf%%" % (100 * dp.max())]  # fmt: skip
+    for label, f in (("99.9%", 0.999), ("99.0%", 0.99), ("95.0%", 0.95), ("90.0%", 0.90), ("75.0%", 0.75)):
+        lines.append((label.replace("%", "%%") + "   Δp: %6.3lf%%") % (100 * pct(dp, f)))
+    lines.append("Median  Δp: %6.3lf%%" % (100 * np.median(dp)))
+    for label, f in (("25.0%", 0.25), ("10.0%", 0.10), (" 5.0%", 0.05), (" 1.0%", 0.01), (" 0.1%", 0.001)):
+        lines.append((label.replace("%", "%%") + "   Δp: %6.3lf%%") % (100 * pct(dp, f)))
+    lines += ["Minimum Δp: %6.3lf%%" % (100 * dp.min()),
+              "RMS Δp    : %6.3lf ± %5.3lf %%" % (100 * np.sqrt((dp**2).mean()), 0.05),
+              "Same top p: %6.3lf ± %5.3lf %%" % (91.901, 0.072), "",
+              "llama_perf_context_print:        load time =    1021.31 ms"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def test_imported_percentiles_carry_the_native_names_and_meanings():
+    """A llama.cpp log in perplexity.cpp's print format, from known per-token values: every imported percentile
+    equals the native statistic of the same name (fid.kld_p01 = 1st percentile, kld_p001 = 0.1th, ...)."""
+    from quantfid.analysis.external import PERCENTILE_NAMES
+
+    native = _native_percentiles()
+    assert {v: k for k, v in PERCENTILE_NAMES.items()} == native  # one naming, here and in quantfid.fidelity
+    rng = np.random.default_rng(0)
+    kld = rng.lognormal(-4.5, 1.6, 20000) - 2e-6  # llama.cpp KLD can dip just below 0
+    dp = rng.normal(-0.006, 0.05, 20000)
+    m = parse_kld_log(_llama_cpp_log(kld, dp), "q4.log")
+    for name, pct in native.items():
+        if name not in ("p75", "p25"):  # llama.cpp prints those for delta-p only, as quantfid does
+            assert m[f"kld_{name}"] == pytest.approx(np.percentile(kld, pct), abs=1e-6), name
+        assert m[f"dp_{name}"] == pytest.approx(np.percentile(dp, pct), abs=1e-5), name
+    assert m["kld_p01"] > m["kld_p001"]  # the 1st percentile is above the 0.1th
+    assert m["kld_median"] == pytest.approx(np.median(kld), abs=1e-6)
+    assert m["kld_mean"] == pytest.approx(kld.mean(), abs=1e-6)
+    assert m["dp_p75"] == pytest.approx(np.percentile(dp, 75), abs=1e-5)
+    assert m["ln_ppl_cor"] == pytest.approx(0.9934) and m["top1_agree"] == pytest.approx(0.91901)
+    pnames = [k.split("_", 1)[1] for k in m if re.match(r"^(kld|dp)_p\d", k)]
+    assert len(pnames) == 18 and set(pnames) <= set(native)
+
+
+def test_csv_with_only_quant_score_n_and_metrics_works_end_to_end(tmp_path, capsys):
+    out = tmp_path / "rep"
+    rc = main(["--csv", str(DATA / "cohort.csv"), "--out", str(out), "--no-log", "--n-boot", "100", "--no-progress"])
+    assert rc == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["silent_zone"]["method"] == "equivalence" and s["equivalence"]["paired"] is False
+    assert "q2_k" in s["equivalence"]["groups"]["different"]
+    html = (out / "report.html").read_text()
+    assert "<b>unpaired</b> score CIs" in html and "no cross-fitting" in html
+    assert "unpaired CIs" in capsys.readouterr().out
