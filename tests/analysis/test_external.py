@@ -196,9 +196,15 @@ def _native_percentiles() -> dict[str, float]:
     return out
 
 
+def printf(fmt: str, *args) -> str:
+    """C printf formats as perplexity.cpp writes them (Python's % operator understands them, 'l' included)."""
+    return fmt % args
+
+
 def _llama_cpp_log(kld: np.ndarray, dp: np.ndarray) -> str:
     """The tail of `llama-perplexity --kl-divergence` exactly as perplexity.cpp prints it (its printf formats; the
     percentile of a sorted vector interpolated at fraction * (n - 1), as np.percentile does)."""
+
     def pct(x, f):
         return float(np.percentile(x, 100 * f))
 
@@ -208,31 +214,31 @@ def _llama_cpp_log(kld: np.ndarray, dp: np.ndarray) -> str:
              "   1       7.0123 ±    1.4211       0.02101 ±    0.01213       0.02911 ±    0.00302     5.012 ±  0.588 %"
              "    92.157 ±  1.687 %", "",
              "====== Perplexity statistics ======",
-             "Mean PPL(Q)                   : %10.6lf ± %10.6lf" % (6.407115, 0.039119),
-             "Mean PPL(base)                : %10.6lf ± %10.6lf" % (6.231633, 0.037716),
-             "Cor(ln(PPL(Q)), ln(PPL(base))): %6.2lf%%" % 99.34,
-             "Mean ln(PPL(Q)/PPL(base))     : %10.6lf ± %10.6lf" % (0.027772, 0.000723),
-             "Mean PPL(Q)/PPL(base)         : %10.6lf ± %10.6lf" % (1.028161, 0.000743),
-             "Mean PPL(Q)-PPL(base)         : %10.6lf ± %10.6lf" % (0.175482, 0.004620), "",
+             printf("Mean PPL(Q)                   : %10.6lf ± %10.6lf", 6.407115, 0.039119),
+             printf("Mean PPL(base)                : %10.6lf ± %10.6lf", 6.231633, 0.037716),
+             printf("Cor(ln(PPL(Q)), ln(PPL(base))): %6.2lf%%", 99.34),
+             printf("Mean ln(PPL(Q)/PPL(base))     : %10.6lf ± %10.6lf", 0.027772, 0.000723),
+             printf("Mean PPL(Q)/PPL(base)         : %10.6lf ± %10.6lf", 1.028161, 0.000743),
+             printf("Mean PPL(Q)-PPL(base)         : %10.6lf ± %10.6lf", 0.175482, 0.004620), "",
              "====== KL divergence statistics ======",
-             "Mean    KLD: %10.6lf ± %10.6lf" % (kld.mean(), kld.std() / np.sqrt(len(kld) - 1)),
-             "Maximum KLD: %10.6f" % kld.max()]  # fmt: skip
+             printf("Mean    KLD: %10.6lf ± %10.6lf", kld.mean(), kld.std() / np.sqrt(len(kld) - 1)),
+             printf("Maximum KLD: %10.6f", kld.max())]  # fmt: skip
     for label, f in (("99.9%", 0.999), ("99.0%", 0.99), ("95.0%", 0.95), ("90.0%", 0.90)):
-        lines.append((label.replace("%", "%%") + "   KLD: %10.6f") % pct(kld, f))
-    lines.append("Median  KLD: %10.6f" % np.median(kld))
+        lines.append(printf(label.replace("%", "%%") + "   KLD: %10.6f", pct(kld, f)))
+    lines.append(printf("Median  KLD: %10.6f", np.median(kld)))
     for label, f in (("10.0%", 0.10), (" 5.0%", 0.05), (" 1.0%", 0.01), (" 0.1%", 0.001)):
-        lines.append((label.replace("%", "%%") + "   KLD: %10.6f") % pct(kld, f))
-    lines += ["Minimum KLD: %10.6f" % kld.min(), "", "====== Token probability statistics ======",
-              "Mean    Δp: %6.3lf ± %5.3lf %%" % (100 * dp.mean(), 100 * dp.std() / np.sqrt(len(dp) - 1)),
-              "Maximum Δp: %6.3lf%%" % (100 * dp.max())]  # fmt: skip
+        lines.append(printf(label.replace("%", "%%") + "   KLD: %10.6f", pct(kld, f)))
+    lines += [printf("Minimum KLD: %10.6f", kld.min()), "", "====== Token probability statistics ======",
+              printf("Mean    Δp: %6.3lf ± %5.3lf %%", 100 * dp.mean(), 100 * dp.std() / np.sqrt(len(dp) - 1)),
+              printf("Maximum Δp: %6.3lf%%", 100 * dp.max())]  # fmt: skip
     for label, f in (("99.9%", 0.999), ("99.0%", 0.99), ("95.0%", 0.95), ("90.0%", 0.90), ("75.0%", 0.75)):
-        lines.append((label.replace("%", "%%") + "   Δp: %6.3lf%%") % (100 * pct(dp, f)))
-    lines.append("Median  Δp: %6.3lf%%" % (100 * np.median(dp)))
+        lines.append(printf(label.replace("%", "%%") + "   Δp: %6.3lf%%", 100 * pct(dp, f)))
+    lines.append(printf("Median  Δp: %6.3lf%%", 100 * np.median(dp)))
     for label, f in (("25.0%", 0.25), ("10.0%", 0.10), (" 5.0%", 0.05), (" 1.0%", 0.01), (" 0.1%", 0.001)):
-        lines.append((label.replace("%", "%%") + "   Δp: %6.3lf%%") % (100 * pct(dp, f)))
-    lines += ["Minimum Δp: %6.3lf%%" % (100 * dp.min()),
-              "RMS Δp    : %6.3lf ± %5.3lf %%" % (100 * np.sqrt((dp**2).mean()), 0.05),
-              "Same top p: %6.3lf ± %5.3lf %%" % (91.901, 0.072), "",
+        lines.append(printf(label.replace("%", "%%") + "   Δp: %6.3lf%%", 100 * pct(dp, f)))
+    lines += [printf("Minimum Δp: %6.3lf%%", 100 * dp.min()),
+              printf("RMS Δp    : %6.3lf ± %5.3lf %%", 100 * np.sqrt((dp**2).mean()), 0.05),
+              printf("Same top p: %6.3lf ± %5.3lf %%", 91.901, 0.072), "",
               "llama_perf_context_print:        load time =    1021.31 ms"]  # fmt: skip
     return "\n".join(lines) + "\n"
 

@@ -73,5 +73,5 @@ def test_prompts_for_difference_connor_by_hand():
 def test_zero_flip_floor_matches_tango():
     n = zero_flip_floor(0.02)
     assert n == 189
-    lo, hi = tango_ci([0, 0], [0, 0], [n, n - 1])
+    _, hi = tango_ci([0, 0], [0, 0], [n, n - 1])
     assert hi[0] < 0.02 <= hi[1]

@@ -122,6 +122,6 @@ def test_report_opens_with_the_answer(result, tmp_path):
 
 
 def test_explicit_unknown_primary_is_an_error(result):
-    with pytest.raises(AnalysisInputError, match="primary variant 'kld_mean@code.512'"):
+    with pytest.raises(AnalysisInputError, match=r"primary variant 'kld_mean@code\.512'"):
         analyze(to_cohort(make_synthetic_cohort(n_quants=4, n_prompts=20, seed=1)),
                 AnalysisConfig(primary_variant="kld_mean@code.512", n_boot=0, progress=False))  # fmt: skip
