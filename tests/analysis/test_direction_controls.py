@@ -210,3 +210,18 @@ def test_router_measures_global_quality_when_kld_has_no_per_prompt_information()
     assert e["kld"]["value"] > 0.6  # looks like a working router...
     assert abs(e["kld_minus_global_kld"]["value"]) < 0.05  # ...but so does always picking the better quant
     assert e["demeaned"]["ci_low"] < 0.5 < e["demeaned"]["ci_high"]  # per-prompt information only: chance
+
+
+def test_tie_term_equals_a_row_by_row_count():
+    from quantfid.analysis.controls import tie_term
+
+    rng = np.random.default_rng(6)
+    v = np.round(rng.normal(size=(40, 25)), 1)
+    v[rng.random(v.shape) < 0.3] = np.nan
+    r = stats.rankdata(v, axis=1, nan_policy="omit")
+    want = []
+    for row in r:
+        _, c = np.unique(row[np.isfinite(row)], return_counts=True)
+        want.append(float((c.astype(float) ** 3 - c).sum()))
+    np.testing.assert_allclose(tie_term(r), want)
+    assert max(want) > 0  # the data do have ties

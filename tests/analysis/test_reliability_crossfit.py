@@ -148,3 +148,29 @@ def test_crossfitting_removes_a_spurious_in_zone_correlation():
     assert abs(np.mean(cf_rho)) < 0.06 and min(cf_p) > 0.05
     # while the real relation (more flips at a fixed balance: a lower score) survives cross-fitting
     assert max(cf_score) < -0.5
+
+
+def test_zone_from_counts_equals_the_full_sample_zones():
+    """The fold zones use the same rules as the full-sample ones: on all prompts they agree quant for quant."""
+    from dataclasses import replace
+
+    from quantfid.analysis.crossfit import zone_from_counts
+
+    rates = {f"q{i}": (lo, ga) for i, (lo, ga) in enumerate([(0.0, 0.0), (0.01, 0.02), (0.05, 0.05), (0.1, 0.02),
+                                                              (0.3, 0.05), (0.02, 0.0), (0.15, 0.15)])}  # fmt: skip
+    c = make_flip_cohort(rates, tasks=("t1", "t2", "t3"), n_prompts=300, seed=4)
+    m = c.task_matrices(None)
+    lay = prompt_layout(c.quants, list(c.table.index), m)
+    counts = {k: v[0] for k, v in targets_on(lay, np.ones((1, lay.n_prompts), dtype=bool)).items()}
+    ref_counts = {t: (float(m[t].ref_passed.sum()), float(len(m[t].ref_passed))) for t in lay.tasks}
+    configs = [SilentZoneConfig(method="equivalence", delta=0.03), SilentZoneConfig(method="equivalence",
+               delta=0.03, equivalence_scope="composite"), SilentZoneConfig(method="mcnemar"),
+               SilentZoneConfig(method="mcnemar", correction="none", scope="task"),
+               SilentZoneConfig(method="delta", band=0.03), SilentZoneConfig(method="ci_overlap")]  # fmt: skip
+    seen = set()
+    for cfg in configs:
+        zone, method = silent_zone(c, cfg, m)
+        got = zone_from_counts(method, replace(cfg), counts, ref_counts, lay.tasks)
+        assert got.tolist() == zone["silent"].tolist(), cfg
+        seen.add(tuple(got))
+    assert len(seen) >= 3  # the configurations really differ on this cohort

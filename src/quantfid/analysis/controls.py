@@ -44,18 +44,25 @@ def stratified_mann_whitney(values: np.ndarray, pos: np.ndarray, neg: np.ndarray
     n0 = neg.sum(axis=1).astype(float)
     n = n1 + n0
     u = np.where(pos, r, 0.0).sum(axis=1) - n1 * (n1 + 1) / 2
-    tie = np.zeros(len(v))
-    srt = np.sort(np.where(member, r, np.inf), axis=1)
-    for i in range(len(v)):
-        row = srt[i][np.isfinite(srt[i])]
-        if len(row):
-            _, cnt = np.unique(row, return_counts=True)
-            tie[i] = float((cnt.astype(float) ** 3 - cnt).sum())
+    tie = tie_term(np.where(member, r, np.nan))
     with np.errstate(invalid="ignore", divide="ignore"):
         var = n1 * n0 / 12 * ((n + 1) - tie / (n * (n - 1)))
     ok = (n1 > 0) & (n0 > 0)
     return {"u": np.where(ok, u, 0.0), "pairs": np.where(ok, n1 * n0, 0.0), "mean": np.where(ok, n1 * n0 / 2, 0.0),
             "var": np.where(ok, var, 0.0)}  # fmt: skip
+
+
+def tie_term(ranks: np.ndarray) -> np.ndarray:
+    """Per row of mid-ranks (NaN = not a member): sum over groups of tied ranks of (t^3 - t), the tie correction of
+    rank statistics. Mid-ranks are multiples of 1/2, so (row, 2 x rank) is an exact integer key."""
+    rows, cols = np.nonzero(np.isfinite(ranks))
+    if not len(rows):
+        return np.zeros(ranks.shape[0])
+    width = int(2 * np.nanmax(ranks)) + 2
+    keys = rows.astype(np.int64) * width + np.rint(2 * ranks[rows, cols]).astype(np.int64)
+    uniq, cnt = np.unique(keys, return_counts=True)
+    c = cnt.astype(float)
+    return np.bincount(uniq // width, weights=c**3 - c, minlength=ranks.shape[0])
 
 
 def within_prompt_concordance(values: np.ndarray, pos: np.ndarray, neg: np.ndarray, level: float, n_boot: int,
@@ -82,11 +89,9 @@ def within_prompt_concordance(values: np.ndarray, pos: np.ndarray, neg: np.ndarr
 
 def bootstrap_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
     """(n_boot, n) multinomial counts: how often each unit (prompt) is drawn in each resample."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    w = np.zeros((n_boot, n))
-    np.add.at(w, (np.repeat(np.arange(n_boot), n), idx.ravel()), 1.0)
-    return w
+    from quantfid.analysis.stats import resample_counts
+
+    return resample_counts(np.random.default_rng(seed).integers(0, n, size=(n_boot, n)), n)
 
 
 def conditional_logit(y: np.ndarray, x: np.ndarray, groups: np.ndarray) -> dict:

@@ -23,7 +23,7 @@ from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
 from quantfid.analysis.cohort import COMPOSITE
-from quantfid.analysis.equivalence import UnitEvidence, equivalence_frame, holm_rows, tango_ci, tango_p0
+from quantfid.analysis.equivalence import combine_verdicts, holm_rows, tango_ci, tango_p0, unit_verdicts
 from quantfid.analysis.reliability import (
     PromptLayout,
     _halves,
@@ -45,17 +45,13 @@ def zone_from_counts(method: str, cfg, counts: dict[str, np.ndarray], ref_counts
     ``method``: equivalence | mcnemar | delta | ci_overlap, with the settings of ``cfg`` (a SilentZoneConfig);
     ``ref_counts[unit] = (reference passes, n)`` on the same subset.
     """
-    if method == "equivalence":
-        units = []
-        for u in [COMPOSITE, *tasks]:
-            lost, gained, n = counts[f"lost.{u}"], counts[f"gained.{u}"], counts[f"n.{u}"]
-            lo, hi = tango_ci(gained, lost, n, cfg.level)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                diff = (gained - lost) / n
-            units.append(UnitEvidence(u, n, lost, gained, diff, lo, hi, tango_p0(gained, lost)))
-        names = [str(i) for i in range(len(units[0].n))]
-        f = equivalence_frame(names, units, cfg.delta, cfg.alpha, cfg.equivalence_scope, True)
-        return f["silent"].to_numpy(bool)
+    if method == "equivalence":  # the verdict rules of equivalence_frame, without building its frame
+        units = [COMPOSITE, *tasks] if cfg.equivalence_scope == "all" else [COMPOSITE]
+        cis = [tango_ci(counts[f"gained.{u}"], counts[f"lost.{u}"], counts[f"n.{u}"], cfg.level) for u in units]
+        p_adj = holm_rows(np.stack([tango_p0(counts[f"gained.{u}"], counts[f"lost.{u}"]) for u in units], axis=1))
+        verdicts = np.stack([unit_verdicts(lo, hi, p_adj[:, j], cfg.delta, cfg.alpha)
+                             for j, (lo, hi) in enumerate(cis)], axis=1)  # fmt: skip
+        return combine_verdicts(verdicts) == "equivalent"
     if method == "mcnemar":
         lost = np.stack([counts[f"lost.{t}"] for t in tasks], axis=1)
         gained = np.stack([counts[f"gained.{t}"] for t in tasks], axis=1)

@@ -57,7 +57,7 @@ def plot_pareto(res, path: Path) -> Path | None:
         ax.set_xlabel(FACT_LABEL.get(c, c))
         ax.set_ylabel("composite accuracy")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower right")  # a fixed place: "best" searches every point (seconds at 1,000)
     fig.suptitle("Size against score; marker = equivalence verdict (smaller and better is up-left)")
     return _R()._save(fig, path)
 
