@@ -105,10 +105,10 @@ def top_section(res, paths: dict) -> list[str]:
             out.append(
                 f"<p>Power: to resolve the {r['n_indeterminate']} indeterminate quant(s) with {eq['power']:.0%} power "
                 f"each (shown equivalent or different, if their observed difference and flip rate held), the "
-                f"benchmark would need about {R._fmt(r['factor_median'])}x its prompts for half of them "
-                f"({R._fmt(r['prompts_composite_median'], 0)} prompts in all) and {R._fmt(r['factor_max'])}x for all"
-                f" of them; {r['n_unresolvable']} cannot be resolved that way (observed |difference| at or beyond "
-                f"the margin with no power to show a difference).</p>"
+                f"benchmark would need about {_x(r['factor_median'])} its prompts for half of them "
+                f"({_n(r['prompts_composite_median'])} prompts in all) and {_x(r['factor_max'])} for all of them"
+                f"{_n(r['prompts_composite_max'], ' (', ' prompts)')}; {r['n_unresolvable']} cannot be resolved that "
+                "way (an observed difference of zero with the margin out of reach).</p>"
             )
         grp = pd.DataFrame({v: [", ".join(eq["groups"][v]) or "-"] for v in ("equivalent", "different",
                                                                               "indeterminate")}).T  # fmt: skip
@@ -120,6 +120,14 @@ def top_section(res, paths: dict) -> list[str]:
     out.extend(trust_section(res))
     out.extend(what_the_paper_statistics_measure(res))
     return out
+
+
+def _x(v) -> str:
+    return "n/a" if v is None else f"{v:.1f}x"
+
+
+def _n(v, pre: str = "", post: str = "") -> str:
+    return "" if v is None else f"{pre}{v:,.0f}{post}"
 
 
 def trust_section(res) -> list[str]:
