@@ -67,7 +67,7 @@ def direction_table(quants: list[str], order: list[str], matrices: dict[str, Tas
                     ) -> pd.DataFrame:  # fmt: skip
     """Per quant and unit (each task, ``composite``): rates with CIs, balance, blind expectation and excess."""
     qidx = np.array([order.index(q) for q in quants])
-    frame = pd.DataFrame(index=pd.Index(quants, name="quant"))
+    frame: dict[str, np.ndarray] = {}  # columns, assembled into one frame at the end
     acc = {"lost": 0.0, "gained": 0.0, "n_pass": 0.0, "n_fail": 0.0, "expected": 0.0}
     per = []
     for t in sorted(matrices):
@@ -94,11 +94,12 @@ def direction_table(quants: list[str], order: list[str], matrices: dict[str, Tas
             frame[f"gain_rate.{u}"] = gained / n_fail if n_fail else np.nan
             frame[f"gain_rate_ci_low.{u}"], frame[f"gain_rate_ci_high.{u}"] = clopper_pearson(gained, n_fail, level)
             lo, hi = newcombe_diff_ci(gained, n_fail, lost, n_pass, level)
-            frame[f"gain_minus_loss.{u}"] = frame[f"gain_rate.{u}"] - frame[f"loss_rate.{u}"]
+            frame[f"gain_minus_loss.{u}"] = np.asarray(frame[f"gain_rate.{u}"]) - np.asarray(frame[f"loss_rate.{u}"])
             frame[f"gain_minus_loss_ci_low.{u}"], frame[f"gain_minus_loss_ci_high.{u}"] = lo, hi
             frame[f"balance.{u}"] = np.where(vol > 0, (gained - lost) / np.where(vol > 0, vol, 1), 0.0)
             frame[f"blind_expected_direction.{u}"] = expected
             frame[f"excess.{u}"] = gained - lost - expected
             frame[f"balance_excess.{u}"] = np.where(vol > 0, (gained - lost - expected) / np.where(vol > 0, vol, 1),
                                                     np.nan)  # fmt: skip
-    return frame
+    return pd.DataFrame({k: np.array(np.broadcast_to(v, (len(quants),))) for k, v in frame.items()},
+                        index=pd.Index(quants, name="quant"))

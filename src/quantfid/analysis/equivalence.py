@@ -243,7 +243,7 @@ def equivalence_frame(quants: list[str], units: list[UnitEvidence], delta: float
         raise AnalysisInputError(f"equivalence scope={scope!r} must be one of {SCOPES}")
     if not units:
         raise AnalysisInputError("no unit to test equivalence on (no composite score)")
-    frame = pd.DataFrame(index=pd.Index(quants, name="quant"))
+    frame: dict[str, object] = {}  # columns, assembled into one frame at the end
     used = units if scope == "all" else units[:1]
     pmat = np.stack([u.p for u in used], axis=1)
     adj = holm_rows(pmat)
@@ -266,9 +266,9 @@ def equivalence_frame(quants: list[str], units: list[UnitEvidence], delta: float
     frame["verdict"] = combine_verdicts(verdicts[:, : len(used)])
     comp_adj = units[0].p  # the composite alone: one test, nothing to correct
     frame["verdict_composite"] = unit_verdicts(units[0].ci_low, units[0].ci_high, comp_adj, delta, alpha)
-    frame["paired"] = paired
+    frame["paired"] = np.full(len(quants), paired)
     frame["silent"] = frame["verdict"] == "equivalent"
-    return frame
+    return pd.DataFrame(frame, index=pd.Index(quants, name="quant"))
 
 
 def equivalence_zone(cohort: Cohort, matrices: dict[str, TaskMatrix] | None, delta: float, alpha: float,

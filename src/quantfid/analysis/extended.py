@@ -125,7 +125,7 @@ def extended_analysis(cohort: Cohort, config, matrices: dict[str, TaskMatrix] | 
 def power_table(equiv: pd.DataFrame, delta: float, alpha: float, power: float) -> pd.DataFrame:
     """Per quant and unit: mdd, n_equivalence, n_difference (prompts of that unit) and the resolve factor."""
     units = [c[len("diff.") :] for c in equiv.columns if c.startswith("diff.")]
-    f = pd.DataFrame(index=equiv.index)
+    f: dict[str, np.ndarray] = {}  # columns, assembled into one frame at the end
     factors_eq, factors_diff = [], []
     for u in units:
         n = equiv[f"n.{u}"].to_numpy(float)
@@ -140,12 +140,12 @@ def power_table(equiv: pd.DataFrame, delta: float, alpha: float, power: float) -
         f[f"n_difference.{u}"] = prompts_for_difference(d, vol, n, alpha, power)
         with np.errstate(invalid="ignore", divide="ignore"):
             eq = equiv[f"verdict.{u}"].to_numpy() == "equivalent"
-            factors_eq.append(np.where(eq, 0.0, f[f"n_equivalence.{u}"].to_numpy(float) / n))
-            factors_diff.append(f[f"n_difference.{u}"].to_numpy(float) / n)
+            factors_eq.append(np.where(eq, 0.0, f[f"n_equivalence.{u}"] / n))
+            factors_diff.append(f[f"n_difference.{u}"] / n)
     feq, fdiff = np.stack(factors_eq, axis=1), np.stack(factors_diff, axis=1)
     f["resolve_factor_all"] = np.minimum(feq.max(axis=1), fdiff.min(axis=1))
     f["resolve_factor_composite"] = np.minimum(feq[:, 0], fdiff[:, 0])
-    return f
+    return pd.DataFrame(f, index=equiv.index)
 
 
 def equivalence_section(equiv: pd.DataFrame, power: pd.DataFrame, config) -> dict:
