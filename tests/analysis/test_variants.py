@@ -43,6 +43,7 @@ def test_rank_equivalent_variants_form_families_with_reasons():
     assert fam.loc[["ppl_quant@code.256", "ppl_ratio@code.256", "ln_ppl_ratio@code.256", "ppl_diff@code.256"],
                    "family"].nunique() == 1  # fmt: skip
     assert "monotone transforms" in fam.at["ppl_ratio@code.256", "reason"]
+    assert "not identical by construction" not in fam.at["ppl_ratio@code.256", "reason"]
     kf = fam.loc[["kld_mean@code.256", "kld_seqmean@code.256", "top1_agree@code.256"]]
     assert (kf["family"] == DEFAULT_PRIMARY).all()  # the primary names its family
     assert fam.at["top1_agree@code.256", "sign"] == -1 and fam.at["kld_seqmean@code.256", "sign"] == 1

@@ -266,7 +266,12 @@ def variant_trust(corr: pd.DataFrame, reliab: dict, zone_members: dict, families
     """Per variant family, for the composite score: can it be trusted to rank the full cohort, and each zone?"""
     target = f"score.{COMPOSITE}"
     c = corr[corr["target"] == target].set_index(["zone", "variant"])
-    fams = list(dict.fromkeys([families.at[primary, "family"], *families["family"]]))
+    from quantfid.analysis.analyze import PAPER14
+
+    full = c.loc["full"]["rho"].abs() if "full" in c.index.get_level_values(0) else pd.Series(dtype=float)
+    paper_fams = [families.at[v, "family"] for v in PAPER14 if v in families.index]
+    rest = sorted(set(families["family"]), key=lambda f: -float(full.get(f, 0.0) if pd.notna(full.get(f)) else 0.0))
+    fams = list(dict.fromkeys([families.at[primary, "family"], *paper_fams, *rest]))
     out = []
     for fam in fams:
         members = list(families.index[families["family"] == fam])

@@ -64,7 +64,7 @@ def variant_families(table: pd.DataFrame, variants: list[str], quants: list[str]
         names = [m for m, _ in members]
         rep = primary if primary in names else min(names, key=lambda n: (pri.get(n, len(pri)), n))
         rep_sign = dict(members)[rep]
-        reason = "" if len(names) == 1 else _reason(names)
+        reason = "" if len(names) == 1 else _reason(names, len(quants))
         for name, sign in members:
             rows.append({"variant": name, "family": rep, "sign": int(sign * rep_sign), "n_members": len(names),
                          "reason": reason})  # fmt: skip
@@ -74,13 +74,14 @@ def variant_families(table: pd.DataFrame, variants: list[str], quants: list[str]
     return pd.DataFrame(rows).set_index("variant").loc[variants]
 
 
-def _reason(names: list[str]) -> str:
+def _reason(names: list[str], n_quants: int) -> str:
     stats_ = {n.split("@")[0] for n in names}
     settings = {n.split("@")[1] if "@" in n else "" for n in names}
     for group, why in KNOWN_REASONS:
         if stats_ <= group and len(settings) == 1:
-            return f"identical rank vectors over the cohort: {why}"
-    return "identical (or exactly reversed) rank vectors over the cohort"
+            return f"identical rank vectors over the {n_quants} quants: {why}"
+    return (f"identical (or exactly reversed) rank vectors over the {n_quants} quants of this cohort: the same "
+            "measurement here, though not identical by construction (another cohort may separate them)")
 
 
 def families_summary(fam: pd.DataFrame) -> list[dict]:
