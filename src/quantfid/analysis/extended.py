@@ -303,7 +303,8 @@ def variant_trust(corr: pd.DataFrame, reliab: dict, zone_members: dict, families
 def _trust_verdict(rho, ceil, p, n, expected_sign, config) -> tuple[str, str]:
     alpha = config.silent.alpha
     if n < 5 or rho is None:
-        return "too few quants", f"{n} quant(s): no ranking to judge"
+        return "too few quants", (f"{n} quant(s) in this zone: no ranking to judge" + (
+            " (with this benchmark no quant could be placed in it: see the power line)" if n == 0 else ""))
     if ceil is None or ceil < config.trust_ceiling:
         c = "n/a" if ceil is None else f"{ceil:.2f}"
         return "cannot tell", (f"the benchmark's own ranking of these quants is too noisy (noise ceiling {c} < "
