@@ -156,6 +156,7 @@ class UnitEvidence:
     ci_low: np.ndarray
     ci_high: np.ndarray
     p: np.ndarray
+    var: np.ndarray | None = None  # unpaired only: p_q(1-p_q) + p_r(1-p_r), the per-prompt variance of the difference
 
 
 def unit_verdicts(lo: np.ndarray, hi: np.ndarray, p_adj: np.ndarray, delta: float, alpha: float) -> np.ndarray:
@@ -229,7 +230,8 @@ def unpaired_evidence(cohort: Cohort, level: float) -> list[UnitEvidence]:
         kr = round(float(t.at[cohort.reference, s]) * nr)
         lo, hi, p = unpaired_ci(kq, nq, kr, nr, level)
         diff = kq / nq - kr / nr
-        units.append(UnitEvidence(name, nq, None, None, diff, lo, hi, p))
+        pq, pr = kq / nq, kr / nr
+        units.append(UnitEvidence(name, nq, None, None, diff, lo, hi, p, pq * (1 - pq) + pr * (1 - pr)))
     if not cohort.tasks:  # only a composite: nothing more
         return units
     return units
@@ -254,6 +256,8 @@ def equivalence_frame(quants: list[str], units: list[UnitEvidence], delta: float
             frame[f"gained.{u.unit}"] = u.gained.astype(int)
             with np.errstate(invalid="ignore", divide="ignore"):
                 frame[f"discordance.{u.unit}"] = (u.lost + u.gained) / u.n
+        if u.var is not None:
+            frame[f"var.{u.unit}"] = u.var
         frame[f"n.{u.unit}"] = u.n.astype(int)
         frame[f"diff.{u.unit}"] = u.diff
         frame[f"ci_low.{u.unit}"] = u.ci_low

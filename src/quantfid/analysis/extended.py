@@ -132,9 +132,8 @@ def power_table(equiv: pd.DataFrame, delta: float, alpha: float, power: float) -
         d = equiv[f"diff.{u}"].to_numpy(float)
         if f"lost.{u}" in equiv:
             vol = (equiv[f"lost.{u}"] + equiv[f"gained.{u}"]).to_numpy(float)
-        else:  # unpaired: the variance of a difference of independent proportions stands in for the discordance
-            p = np.clip(np.abs(d) + 0.5, 0, 1)
-            vol = n * 2 * p * (1 - p)
+        else:  # unpaired: n x the per-prompt variance of a difference of independent proportions stands in
+            vol = n * equiv[f"var.{u}"].to_numpy(float)
         f[f"mdd.{u}"] = min_detectable_difference(vol, n, alpha, power)
         f[f"n_equivalence.{u}"] = prompts_for_equivalence(d, vol, n, delta, alpha, power)
         f[f"n_difference.{u}"] = prompts_for_difference(d, vol, n, alpha, power)
