@@ -78,10 +78,15 @@ def plot_fidelity_vs_score(res: AnalysisResult, path: Path) -> Path:
 
 
 def plot_rho_per_variant(res: AnalysisResult, path: Path) -> Path:
-    """Spearman rho (with bootstrap CI) of every variant vs score / volume / direction, both zones side by side."""
+    """Spearman rho (with bootstrap CI) of every variant family (its representative; "+k" = k rank-equivalent
+    members) vs score / volume / balance, every zone side by side."""
     c = res.correlations
-    targets = [f"score.{COMPOSITE}", f"volume.{COMPOSITE}", f"direction.{COMPOSITE}"]
-    targets = [tg for tg in targets if (c["target"] == tg).any()]
+    targets = [f"score.{COMPOSITE}", f"volume.{COMPOSITE}", f"balance.{COMPOSITE}", f"direction.{COMPOSITE}"]
+    targets = [tg for tg in targets if (c["target"] == tg).any()][:3]
+    members = {}
+    if "family" in c.columns:  # one row per family of rank-equivalent variants
+        members = c.drop_duplicates("variant").groupby("family")["variant"].nunique().to_dict()
+        c = c[c["variant"] == c["family"]]
     variants = sorted(c["variant"].unique())
     if len(variants) > MAX_PLOTTED_VARIANTS:  # keep the figure readable: the paper's 14 first, then by |rho|
         from quantfid.analysis.analyze import PAPER14
@@ -95,7 +100,10 @@ def plot_rho_per_variant(res: AnalysisResult, path: Path) -> Path:
     )
     ypos = np.arange(len(variants))
     for ax, tg in zip(axes[0], targets, strict=True):
-        for off, zone, col in ((-0.18, "full", OUTSIDE_COLOR), (0.18, "silent", SILENT_COLOR)):
+        zones = ((-0.25, "full", OUTSIDE_COLOR), (0.0, "silent", SILENT_COLOR), (0.25, "paper", "#9467bd"))
+        for off, zone, col in zones:
+            if not (c["zone"] == zone).any():
+                continue
             d = c[(c["target"] == tg) & (c["zone"] == zone)].set_index("variant").reindex(variants)
             rho = d["rho"].to_numpy(float)
             lo = np.nan_to_num(rho - d["ci_low"].to_numpy(float), nan=0.0)
@@ -118,7 +126,8 @@ def plot_rho_per_variant(res: AnalysisResult, path: Path) -> Path:
         ax.grid(alpha=0.3, axis="x")
         ax.legend(fontsize=7, loc="lower left")
     axes[0][0].set_yticks(ypos)
-    axes[0][0].set_yticklabels(variants, fontsize=7)
+    axes[0][0].set_yticklabels([v + (f" (+{members[v] - 1})" if members.get(v, 1) > 1 else "") for v in variants],
+                               fontsize=7)  # fmt: skip
     return _save(fig, path)
 
 
@@ -290,11 +299,13 @@ def write_report(res: AnalysisResult, out_dir: str | Path) -> dict[str, Path]:
     parts.append("<h2>Correlations (Spearman rho, p, percentile bootstrap 95% CI over quants)</h2>")
     parts.append(_img(paths["rho_per_variant"], "rho per variant"))
     n_var = res.correlations["variant"].nunique()
-    if n_var > MAX_PLOTTED_VARIANTS:
-        parts.append(
-            f"<p><i>The plot shows {MAX_PLOTTED_VARIANTS} of {n_var} variants (the paper's 14 first, then "
-            "by |rho| over the full cohort); the tables list all.</i></p>"
-        )
+    n_fam = res.correlations["family"].nunique() if "family" in res.correlations else n_var
+    parts.append(
+        f"<p><i>The plot shows one row per family of rank-equivalent variants ({n_fam} families of {n_var} variants; "
+        "'+k': k more members with the same ranks, listed under Variant families)"
+        + (f", at most {MAX_PLOTTED_VARIANTS}: the paper's variants first, then by |rho| over the full cohort"
+           if n_fam > MAX_PLOTTED_VARIANTS else "") + "; the tables list every variant.</i></p>"
+    )  # fmt: skip
     parts.append(
         "<p>Beside every rho: p_bh (Benjamini-Hochberg over the variant families of that zone and target), the "
         "noise ceiling (the |rho| a perfect metric would show against this noisy target), and in a zone the "
