@@ -16,7 +16,7 @@ from quantfid.analysis.failure import failure_prediction
 from quantfid.analysis.flips import direction_identity_error, volume_direction
 from quantfid.analysis.router import router_accuracy
 from quantfid.analysis.silent import SilentZoneConfig, silent_zone
-from quantfid.analysis.stats import _clean, records, spearman_table
+from quantfid.analysis.stats import _clean, records, spearman_table, table_records
 from quantfid.analysis.variants import bh_over_families, resolve_primary, variant_families
 
 SUMMARY_VERSION = 1
@@ -276,7 +276,7 @@ def analyze(cohort: Cohort, config: AnalysisConfig | None = None) -> AnalysisRes
             "per_quant": _records(paper),
         },
         "headline": headline,
-        "correlations": [{k: _clean(v) for k, v in r.items()} for r in corr.to_dict("records")],
+        "correlations": table_records(corr),
         "volume_direction": None
         if flips is None
         else {

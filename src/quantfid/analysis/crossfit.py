@@ -17,6 +17,8 @@ variance 1.06 / (n - 3) at the mean zone size (the folds share quants and prompt
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -33,7 +35,7 @@ from quantfid.analysis.reliability import (
     spearman_brown,
     targets_on,
 )
-from quantfid.analysis.stats import adjust_pvalues, mcnemar_exact_p
+from quantfid.analysis.stats import adjust_pvalues, mcnemar_exact_p, nan_percentile
 
 DEFAULT_SPLITS = 10
 
@@ -137,36 +139,47 @@ def crossfit(layout: PromptLayout, variant_values: np.ndarray, variant_names: li
             sizes.append(int(zone.sum()))
             y = np.stack([half_t[t][m] for t in target_names])  # (T, Q)
             rhos.append(rho_matrix(variant_values[:, zone], y[:, zone]))
-            rel = []
-            for t in target_names:
-                q1, q2 = _halves({k: v[m : m + 1] for k, v in quarters.items()},
-                                 {k: v[m : m + 1] for k, v in half_t.items()}, t)  # fmt: skip
-                r = rowwise_spearman(q1[:, zone], q2[:, zone])[0] if zone.sum() >= 3 else np.nan
-                rel.append(r)
-            rels.append(np.array(rel))
+            qa = {k: v[m : m + 1] for k, v in quarters.items()}
+            ha = {k: v[m : m + 1] for k, v in half_t.items()}
+            pairs = [_halves(qa, ha, t) for t in target_names]
+            q1 = np.concatenate([a for a, _ in pairs])  # (T, Q): each target on one quarter, and on the other
+            q2 = np.concatenate([b for _, b in pairs])
+            rels.append(rowwise_spearman(q1[:, zone], q2[:, zone]) if zone.sum() >= 3
+                        else np.full(len(target_names), np.nan))  # fmt: skip
         rho = np.stack(rhos)  # (F, V, T)
         rel_q = np.stack(rels)  # (F, T): quarter-split correlation
         n_mean = float(np.mean(sizes))
         r_half = np.full(len(target_names), np.nan)
         has = np.isfinite(rel_q).any(axis=0)
         r_half[has] = spearman_brown(np.nanmean(rel_q[:, has], axis=0))
-        for vi, v in enumerate(variant_names):
-            for ti, t in enumerate(target_names):
-                vals = rho[:, vi, ti]
-                ok = np.isfinite(vals)
-                est = float(np.mean(vals[ok])) if ok.any() else float("nan")
-                lo = hi = p = float("nan")
-                if ok.any() and n_mean > 4 and abs(est) < 1:
-                    se = np.sqrt(1.06 / (n_mean - 3))
-                    zz = np.arctanh(est)
-                    lo, hi = float(np.tanh(zz - z * se)), float(np.tanh(zz + z * se))
-                    p = float(2 * stats.norm.sf(abs(zz) / se))
-                rows.append({
-                    "zone": zname, "variant": v, "target": t, "rho_cf": est, "ci_low": lo, "ci_high": hi, "p": p,
-                    "rho_cf_p05": float(np.percentile(vals[ok], 5)) if ok.any() else float("nan"),
-                    "rho_cf_p95": float(np.percentile(vals[ok], 95)) if ok.any() else float("nan"),
-                    "n_folds": int(ok.sum()), "n_zone_mean": n_mean, "n_zone_min": int(min(sizes)),
-                    "n_zone_max": int(max(sizes)), "reliability_half": float(r_half[ti]),
-                    "noise_ceiling_cf": float(ceiling(r_half[ti])),
-                })  # fmt: skip
-    return pd.DataFrame(rows)
+        ok = np.isfinite(rho)
+        n_ok = ok.sum(axis=0)  # (V, T)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # cells without any fold: NaN
+            est = np.nanmean(rho, axis=0)
+        p05, p95 = nan_percentile(rho, [5, 95])
+        lo = hi = p = np.full(est.shape, np.nan)
+        if n_mean > 4:
+            se = np.sqrt(1.06 / (n_mean - 3))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                zz = np.arctanh(np.clip(est, -0.999999, 0.999999))
+                lo, hi = np.tanh(zz - z * se), np.tanh(zz + z * se)
+                p = 2 * stats.norm.sf(np.abs(zz) / se)
+        v_idx, t_idx = np.meshgrid(np.arange(len(variant_names)), np.arange(len(target_names)), indexing="ij")
+        v_idx, t_idx = v_idx.ravel(), t_idx.ravel()
+        rows.append(pd.DataFrame({
+            "zone": zname, "variant": np.array(variant_names, dtype=object)[v_idx],
+            "target": np.array(target_names, dtype=object)[t_idx], "rho_cf": est.ravel(), "ci_low": lo.ravel(),
+            "ci_high": hi.ravel(), "p": p.ravel(), "rho_cf_p05": p05.ravel(), "rho_cf_p95": p95.ravel(),
+            "n_folds": n_ok.ravel(), "n_zone_mean": n_mean, "n_zone_min": int(min(sizes)),
+            "n_zone_max": int(max(sizes)), "reliability_half": r_half[t_idx],
+            "noise_ceiling_cf": ceiling(r_half)[t_idx],
+        }))  # fmt: skip
+    if not rows:
+        return pd.DataFrame(columns=["zone", "variant", "target", "rho_cf", "ci_low", "ci_high", "p", "rho_cf_p05",
+                                     "rho_cf_p95", "n_folds", "n_zone_mean", "n_zone_min", "n_zone_max",
+                                     "reliability_half", "noise_ceiling_cf"])  # fmt: skip
+    out = pd.concat(rows, ignore_index=True)
+    for c in ("rho_cf", "ci_low", "ci_high", "p", "rho_cf_p05", "rho_cf_p95"):  # no fold: no estimate
+        out.loc[out["n_folds"] == 0, c] = np.nan
+    return out

@@ -29,7 +29,7 @@ from quantfid.analysis.reliability import (
     targets_on,
 )
 from quantfid.analysis.router_baselines import router_baselines
-from quantfid.analysis.stats import _clean, records
+from quantfid.analysis.stats import _clean, records, table_records
 from quantfid.analysis.variants import bh_over_families, families_summary
 
 DEFAULT_RELIABILITY_SPLITS = 100
@@ -89,15 +89,12 @@ def extended_analysis(cohort: Cohort, config, matrices: dict[str, TaskMatrix] | 
             "n_splits": config.crossfit_splits,
             "n_folds": 2 * config.crossfit_splits,
             "ci_method": "Fisher z of the mean fold rho, Fieller variance 1.06/(n-3) at the mean zone size",
-            "rows": [{k: _clean(v) for k, v in r.items()} for r in cf.to_dict("records")],
+            "rows": table_records(cf),
         }
-        m = cf.set_index(["zone", "variant", "target"])
-        key = list(zip(corr["zone"], corr["variant"], corr["target"], strict=True))
-        for src, dst in (("rho_cf", "rho_cf"), ("ci_low", "rho_cf_ci_low"), ("ci_high", "rho_cf_ci_high"),
-                         ("p", "p_cf"), ("p_bh", "p_cf_bh"), ("noise_ceiling_cf", "noise_ceiling_cf"),
-                         ("n_zone_mean", "n_zone_cf")):  # fmt: skip
-            s = m[src]
-            corr[dst] = [s.get(k, np.nan) for k in key]
+        cols = {"rho_cf": "rho_cf", "ci_low": "rho_cf_ci_low", "ci_high": "rho_cf_ci_high", "p": "p_cf",
+                "p_bh": "p_cf_bh", "noise_ceiling_cf": "noise_ceiling_cf", "n_zone_mean": "n_zone_cf"}  # fmt: skip
+        add = cf[["zone", "variant", "target", *cols]].rename(columns=cols)
+        corr = corr.merge(add, on=["zone", "variant", "target"], how="left")
     else:
         notes.append("no per-prompt outcomes: no cross-fitting (it splits the prompts); noise ceilings are binomial "
                      "approximations")  # fmt: skip
