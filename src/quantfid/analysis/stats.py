@@ -206,11 +206,12 @@ def spearman_table(
     hi = np.full(rho.shape, np.nan)
     if n_boot > 0:
         w = resample_counts(bootstrap_indices(n, n_boot, seed), n)  # same resamples, ranked without sorting each
-        xb = np.stack([_weighted_standardized_ranks(xs[k], w) for k in xnames], axis=1)  # (B, V, n)
-        yb = np.stack([w * _weighted_standardized_ranks(ys[k], w) for k in ynames], axis=2)  # (B, n, T)
-        boot = np.matmul(np.nan_to_num(xb), np.nan_to_num(yb))  # (B, V, T)
-        bad = np.isnan(xb).any(axis=2)[:, :, None] | np.isnan(yb).any(axis=1)[:, None, :]
-        boot[bad] = np.nan  # a constant resample has no rho: left out, as percentile_ci does
+        yb = [w * _weighted_standardized_ranks(ys[k], w) for k in ynames]  # (B, n) each
+        boot = np.empty((n_boot, len(xnames), len(ynames)))
+        for i, k in enumerate(xnames):
+            xb = _weighted_standardized_ranks(xs[k], w)
+            for j in range(len(ynames)):
+                boot[:, i, j] = np.einsum("ij,ij->i", xb, yb[j])  # a constant resample gives NaN: left out below
         a = (1 - level) / 2
         lo, hi = nan_percentile(boot, [100 * a, 100 * (1 - a)])  # all-NaN cells: no CI
         lo = np.where(np.isfinite(rho), lo, np.nan)
