@@ -203,3 +203,14 @@ def test_nan_percentile_equals_numpy():
         np.testing.assert_allclose(g, w, equal_nan=True)
     full = rng.normal(size=(40, 5))
     np.testing.assert_allclose(nan_percentile(full, [5, 95]), np.percentile(full, [5, 95], axis=0))
+
+
+def test_spearman_table_large_path_equals_small_path():
+    rng = np.random.default_rng(3)
+    n = 400  # 400 quants x 1000 resamples x 60 columns: the row-dot path
+    xs = {f"x{i}": rng.normal(size=n) for i in range(30)}
+    ys = {f"y{i}": rng.normal(size=n) + xs["x0"] for i in range(30)}
+    big = spearman_table(xs, ys, n_boot=1000, seed=1)
+    small = [spearman_table({r["x"]: xs[r["x"]]}, {r["y"]: ys[r["y"]]}, n_boot=1000, seed=1)[0] for r in big[:40]]
+    for a, b in zip(big[:40], small, strict=True):
+        assert (a["ci_low"], a["ci_high"]) == pytest.approx((b["ci_low"], b["ci_high"]), abs=1e-12)

@@ -39,7 +39,7 @@ class AnalysisConfig:
     reliability_splits: int = DEFAULT_RELIABILITY_SPLITS
     crossfit_splits: int = 10
     power: float = 0.8
-    max_clogit_cells: int = 12000
+    max_clogit_cells: int = 3000
     trust_ceiling: float = 0.5  # below this noise ceiling the benchmark cannot rank the quants: "cannot tell"
     trust_rho: float = 0.5  # |rho| / ceiling at or above this: the variant ranks the quants
 
@@ -179,7 +179,8 @@ def analyze(cohort: Cohort, config: AnalysisConfig | None = None) -> AnalysisRes
     pos = {q: i for i, q in enumerate(quants)}
     for zname, members in zone_members.items():
         sel = np.array([pos[q] for q in members], dtype=np.int64)
-        xs = {v: cohort.table.loc[members, v].to_numpy(float) for v in cohort.variants}
+        xv = cohort.table.loc[members, cohort.variants].to_numpy(float)
+        xs = {v: xv[:, i] for i, v in enumerate(cohort.variants)}
         ys = {k: v[sel] for k, v in targets.items()}
         complete_x = {k: v for k, v in xs.items() if np.isfinite(v).all()}
         complete_y = {k: v for k, v in ys.items() if np.isfinite(v).all()}

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--crossfit-splits", type=int, default=10,
                     help="seeded split-halves for cross-fitting the zone (x2 folds; default %(default)s)")
     an.add_argument("--power", type=float, default=0.8, help="power for the planning numbers (default 0.8)")
-    an.add_argument("--max-clogit-cells", type=int, default=12000,
+    an.add_argument("--max-clogit-cells", type=int, default=3000,
                     help="quant x prompt cells for the conditional logistic regression (quants subsampled above)")
     out = p.add_argument_group("output")
     out.add_argument("--out", default="analysis-report", help="output directory (default ./analysis-report)")

@@ -32,7 +32,7 @@ from quantfid.analysis.cohort import TaskMatrix
 from quantfid.analysis.failure import KLD_FLOOR
 from quantfid.analysis.stats import auroc_rows, mean_t_ci, welch_log_ratio_rows
 
-DEFAULT_MAX_CLOGIT_CELLS = 12000
+DEFAULT_MAX_CLOGIT_CELLS = 3000  # statsmodels recurses over each stratum: seconds above this
 
 
 def stratified_mann_whitney(values: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> dict[str, np.ndarray]:

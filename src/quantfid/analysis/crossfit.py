@@ -49,11 +49,10 @@ def zone_from_counts(method: str, cfg, counts: dict[str, np.ndarray], ref_counts
     """
     if method == "equivalence":  # the verdict rules of equivalence_frame, without building its frame
         units = [COMPOSITE, *tasks] if cfg.equivalence_scope == "all" else [COMPOSITE]
-        cis = [tango_ci(counts[f"gained.{u}"], counts[f"lost.{u}"], counts[f"n.{u}"], cfg.level) for u in units]
-        p_adj = holm_rows(np.stack([tango_p0(counts[f"gained.{u}"], counts[f"lost.{u}"]) for u in units], axis=1))
-        verdicts = np.stack([unit_verdicts(lo, hi, p_adj[:, j], cfg.delta, cfg.alpha)
-                             for j, (lo, hi) in enumerate(cis)], axis=1)  # fmt: skip
-        return combine_verdicts(verdicts) == "equivalent"
+        g, lo_, n = (np.stack([counts[f"{k}.{u}"] for u in units], axis=1) for k in ("gained", "lost", "n"))
+        lo, hi = tango_ci(g, lo_, n, cfg.level)  # (Q, U) at once
+        p_adj = holm_rows(tango_p0(g, lo_))
+        return combine_verdicts(unit_verdicts(lo, hi, p_adj, cfg.delta, cfg.alpha)) == "equivalent"
     if method == "mcnemar":
         lost = np.stack([counts[f"lost.{t}"] for t in tasks], axis=1)
         gained = np.stack([counts[f"gained.{t}"] for t in tasks], axis=1)

@@ -21,6 +21,8 @@ family share their family's corrected p. Raw p-values stay beside them in summar
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -113,13 +115,22 @@ def bh_over_families(corr: pd.DataFrame, fam: pd.DataFrame, p_column: str = "p",
     """Add ``family`` and ``out_column``: BH within each (zone, target) over the families' p-values."""
     corr = corr.copy()
     corr["family"] = corr["variant"].map(fam["family"])
-    corr[out_column] = np.nan
-    for _, g in corr.groupby(["zone", "target"], sort=False):
-        rep = g.drop_duplicates("family")
-        ok = rep[p_column].notna().to_numpy()
-        if not ok.any():
-            continue
-        adj = multipletests(rep[p_column].to_numpy(float)[ok], method="fdr_bh")[1]
-        m = dict(zip(rep["family"].to_numpy()[ok], adj, strict=True))
-        corr.loc[g.index, out_column] = g["family"].map(m).to_numpy(float)
+    group = pd.factorize(corr["zone"].astype(str) + "\x00" + corr["target"].astype(str))[0]
+    fam_id = pd.factorize(corr["family"])[0]
+    p = corr[p_column].to_numpy(float)
+    key = group.astype(np.int64) * (fam_id.max() + 1) + fam_id
+    _, first = np.unique(key, return_index=True)  # one row per (zone, target, family): its p stands for all
+    rep = np.zeros(len(corr), dtype=bool)
+    rep[first] = True
+    rep &= np.isfinite(p)
+    order = np.argsort(group, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, np.diff(group[order]) != 0, True])
+    adj_of_key: dict[int, float] = {}
+    for a, b in itertools.pairwise(bounds):
+        rows = order[a:b][rep[order[a:b]]]
+        if len(rows):
+            adj = multipletests(p[rows], method="fdr_bh")[1]
+            adj_of_key.update(zip(key[rows].tolist(), adj.tolist(), strict=True))
+    out = np.array([adj_of_key.get(k, np.nan) for k in key.tolist()])
+    corr[out_column] = out
     return corr
