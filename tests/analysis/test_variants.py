@@ -126,3 +126,18 @@ def test_explicit_unknown_primary_is_an_error(result):
     with pytest.raises(AnalysisInputError, match=r"primary variant 'kld_mean@code\.512'"):
         analyze(to_cohort(make_synthetic_cohort(n_quants=4, n_prompts=20, seed=1)),
                 AnalysisConfig(primary_variant="kld_mean@code.512", n_boot=0, progress=False))  # fmt: skip
+
+
+def test_trust_verdicts_by_hand():
+    from types import SimpleNamespace
+
+    from quantfid.analysis.extended import _trust_verdict
+
+    cfg = SimpleNamespace(silent=SimpleNamespace(alpha=0.05), trust_rho=0.5, trust_ceiling=0.5)
+    assert _trust_verdict(-0.8, 0.9, 0.001, 30, -1.0, cfg)[0] == "ranks"
+    assert _trust_verdict(-0.2, 0.9, 0.01, 300, -1.0, cfg)[0] == "weak"
+    assert _trust_verdict(0.7, 0.9, 0.001, 30, -1.0, cfg)[0] == "reversed"
+    assert _trust_verdict(-0.1, 0.9, 0.6, 30, -1.0, cfg)[0] == "fails"  # KLD fails here
+    assert _trust_verdict(-0.1, 0.3, 0.6, 30, -1.0, cfg)[0] == "cannot tell"  # the benchmark is too small
+    assert _trust_verdict(-0.9, 0.4, 0.001, 10, -1.0, cfg)[0] == "ranks"  # a significant rho stands above the ceiling
+    assert _trust_verdict(None, None, None, 0, -1.0, cfg)[0] == "too few quants"

@@ -297,23 +297,28 @@ def variant_trust(corr: pd.DataFrame, reliab: dict, zone_members: dict, families
 
 
 def _trust_verdict(rho, ceil, p, n, expected_sign, config) -> tuple[str, str]:
+    """ranks / weak / reversed (a BH-significant rho), fails / cannot tell (not significant: the noise ceiling says
+    whether the benchmark could have shown one), too few quants."""
     alpha = config.silent.alpha
     if n < 5 or rho is None:
-        return "too few quants", (f"{n} quant(s) in this zone: no ranking to judge" + (
+        return "too few quants", (f"{n:g} quant(s) in this zone: no ranking to judge" + (
             " (with this benchmark no quant could be placed in it: see the power line)" if n == 0 else ""))
-    if ceil is None or ceil < config.trust_ceiling:
-        c = "n/a" if ceil is None else f"{ceil:.2f}"
-        return "cannot tell", (f"the benchmark's own ranking of these quants is too noisy (noise ceiling {c} < "
-                               f"{config.trust_ceiling}): even a perfect metric could not show a correlation; more "
-                               "prompts are needed")  # fmt: skip
-    frac = abs(rho) / ceil if ceil > 0 else 0.0
-    sig = p is not None and p < alpha
-    if sig and frac >= config.trust_rho:
+    c = "n/a" if ceil is None else f"{ceil:.2f}"
+    frac = abs(rho) / ceil if ceil else float("inf")
+    of = "above the estimated ceiling (itself estimated from few quants or flips)" if frac > 1 else f"{frac:.0%} of it"
+    if p is not None and p < alpha:
         if expected_sign is not None and np.sign(rho) != expected_sign:
-            return "reversed", f"rho {rho:+.2f} has the opposite sign to the full cohort's"
-        return "ranks", f"|rho| {abs(rho):.2f} is {frac:.0%} of the noise ceiling {ceil:.2f} (BH p {p:.2g})"
-    return "fails", (f"the benchmark could show a ranking (noise ceiling {ceil:.2f}) but |rho| is {abs(rho):.2f} "
-                     f"({frac:.0%} of it; BH p {'n/a' if p is None else f'{p:.2g}'})")  # fmt: skip
+            return "reversed", f"rho {rho:+.2f} (BH p {p:.2g}) has the opposite sign to the full cohort's"
+        if frac >= config.trust_rho:
+            return "ranks", f"|rho| {abs(rho):.2f} (BH p {p:.2g}); noise ceiling {c}: {of}"
+        return "weak", f"|rho| {abs(rho):.2f} (BH p {p:.2g}) is only {of}; the benchmark allows up to {c}"
+    pp = "n/a" if p is None else f"{p:.2g}"
+    if ceil is None or ceil < config.trust_ceiling:
+        return "cannot tell", (f"|rho| {abs(rho):.2f} (BH p {pp}), but the benchmark's own ranking of these quants is "
+                               f"too noisy (noise ceiling {c} < {config.trust_ceiling}): even a perfect metric could "
+                               "not show a clear correlation; more prompts are needed")  # fmt: skip
+    return "fails", (f"the benchmark could show a ranking (noise ceiling {c}) but |rho| is {abs(rho):.2f} (BH p {pp}; "
+                     f"{of})")  # fmt: skip
 
 
 # ---------------------------------------------------------------- helpers

@@ -161,13 +161,15 @@ def trust_section(res) -> list[str]:
     out = [
         "<h3>Can a fidelity number be trusted to rank this cohort?</h3>",
         "<p>Per family of rank-equivalent variants (primary first), against the composite score. <b>ranks</b>: "
-        "|rho| is at least "
-        f"{res.summary['settings']['trust_rho']:.0%} of the noise ceiling and BH-significant; <b>fails</b>: the "
-        "benchmark could show a ranking (noise ceiling at least "
-        f"{res.summary['settings']['trust_ceiling']}) but the variant does not; <b>cannot tell</b>: the benchmark's "
-        "own ranking of these quants is too noisy (the benchmark is too small, not the metric wrong); <b>too few "
-        "quants</b>: under 5. In a zone the rho is cross-fitted (zone decided on one half of the prompts, measured "
-        "on the other) and its ceiling is that of a half-sample score.</p>",
+        "BH-significant and |rho| at least "
+        f"{res.summary['settings']['trust_rho']:.0%} of the noise ceiling; <b>weak</b>: significant but below that; "
+        "<b>fails</b>: not significant although the benchmark could show a ranking (noise ceiling at least "
+        f"{res.summary['settings']['trust_ceiling']}): <i>the metric fails here</i>; <b>cannot tell</b>: not "
+        "significant and the benchmark's own ranking of these quants is too noisy: <i>the benchmark is too small to "
+        "tell</i>; <b>reversed</b>: significant with the opposite sign to the full cohort's; <b>too few quants</b>: "
+        "under 5. In a zone the rho is cross-fitted (zone decided on one half of the prompts, measured on the "
+        "other) and its ceiling is that of a half-sample score. The ceiling is itself an estimate: with few quants "
+        "or few flips it is rough (a significant rho above it is possible).</p>",
         R._table(head),
     ]
     if len(rest):
