@@ -107,8 +107,8 @@ def top_section(res, paths: dict) -> list[str]:
                 f"each (shown equivalent or different, if their observed difference and flip rate held), the "
                 f"benchmark would need about {_x(r['factor_median'])} its prompts for half of them "
                 f"({_n(r['prompts_composite_median'])} prompts in all) and {_x(r['factor_max'])} for all of them"
-                f"{_n(r['prompts_composite_max'], ' (', ' prompts)')}; {r['n_unresolvable']} cannot be resolved that "
-                "way (an observed difference of zero with the margin out of reach).</p>"
+                f"{_n(r['prompts_composite_max'], ' (', ' prompts)')}"
+                + (f"; {r['n_unresolvable']} cannot be resolved that way" if r["n_unresolvable"] else "") + ".</p>"
             )
         grp = pd.DataFrame({v: [", ".join(eq["groups"][v]) or "-"] for v in ("equivalent", "different",
                                                                               "indeterminate")}).T  # fmt: skip
