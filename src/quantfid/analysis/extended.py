@@ -280,12 +280,17 @@ def variant_trust(corr: pd.DataFrame, reliab: dict, zone_members: dict, families
             rho = _clean(float(r["rho"]))
             if zone == "full" and rho is not None:
                 full_sign = np.sign(rho)
-            use_cf = zone != "full" and "rho_cf" in r and pd.notna(r.get("rho_cf"))
+            n_cf = float(r["n_zone_cf"]) if "n_zone_cf" in r and pd.notna(r.get("n_zone_cf")) else 0.0
+            # cross-fitted where the zone decided on half the prompts is big enough; else the full-sample numbers
+            use_cf = zone != "full" and "rho_cf" in r and pd.notna(r.get("rho_cf")) and n_cf >= 5
             rho_use = _clean(float(r["rho_cf"])) if use_cf else rho
             ceil = _clean(float(r["noise_ceiling_cf"])) if use_cf else _clean(r.get("noise_ceiling"))
             p_use = _clean(float(r["p_cf_bh"])) if use_cf and pd.notna(r.get("p_cf_bh")) else _clean(r.get("p_bh"))
-            n = int(r["n_zone_cf"]) if use_cf and pd.notna(r.get("n_zone_cf")) else int(r["n"] or 0)
+            n = int(n_cf) if use_cf else int(r["n"] or 0)
             verdict, why = _trust_verdict(rho_use, ceil, p_use, n, full_sign if zone != "full" else None, config)
+            if zone != "full" and not use_cf and n >= 5:
+                why += (f" (full sample: the zone decided on half the prompts holds {n_cf:.1f} quants on average, too "
+                        "few to cross-fit, so selection on the outcome is not removed here)")  # fmt: skip
             entry[zone] = {"n_quants": len(zone_members[zone]), "rho": rho, "ci_low": _clean(r["ci_low"]),
                            "ci_high": _clean(r["ci_high"]), "p_bh": _clean(r.get("p_bh")),
                            "noise_ceiling": _clean(r.get("noise_ceiling")),
