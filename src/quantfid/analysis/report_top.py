@@ -269,7 +269,7 @@ def crossfit_details(res) -> list[str]:
                 "prints it beside rho. Per-task targets: summary.json (noise_ceiling).</p>", R._table(f)]  # fmt: skip
     if cf:
         d = pd.DataFrame(cf["rows"])
-        d = d[d["target"].str.endswith(COMPOSITE)]
+        d = d[d["target"].str.endswith(COMPOSITE) & d["rho_cf"].notna()].sort_values(["zone", "target", "variant"])
         d = d[["zone", "variant", "target", "rho_cf", "ci_low", "ci_high", "p", "p_bh", "rho_cf_p05", "rho_cf_p95",
                "n_zone_mean", "noise_ceiling_cf"]].set_index("variant")  # fmt: skip
         out += ["<h2>Cross-fitting</h2>",
@@ -278,8 +278,8 @@ def crossfit_details(res) -> list[str]:
                 f"mean over folds, p05/p95 its spread over folds, CI {html.escape(cf['ci_method'])}; n_zone_mean: the "
                 "zone's mean size on half the prompts; noise_ceiling_cf: that of a half-sample target in the fold's "
                 "zone. Full-sample rho: the correlation tables.</p>",
-                "<details><summary>cross-fitted rho, composite targets, every variant</summary>"
-                + R._table(d, 2000) + "</details>"]  # fmt: skip
+                "<details><summary>cross-fitted rho, composite targets, every variant (zones with a rho on half the "
+                "prompts)</summary>" + R._table(d, 2000) + "</details>"]  # fmt: skip
     return out
 
 
