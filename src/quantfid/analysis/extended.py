@@ -21,6 +21,7 @@ from quantfid.analysis.power import (
     prompts_for_equivalence,
     zero_flip_floor,
 )
+from quantfid.analysis.query import QUANT_FACTS  # schema v1 metric names (to move to quantfid.api)
 from quantfid.analysis.reliability import (
     ceiling,
     half_masks,
@@ -33,7 +34,6 @@ from quantfid.analysis.stats import _clean, records, table_records
 from quantfid.analysis.variants import bh_over_families, families_summary
 
 DEFAULT_RELIABILITY_SPLITS = 100
-BITS, BYTES = "quant.bits_per_weight", "quant.model_bytes"
 
 
 def extended_analysis(cohort: Cohort, config, matrices: dict[str, TaskMatrix] | None,
@@ -217,7 +217,7 @@ def decision(cohort: Cohort, config, equiv, power, corr: pd.DataFrame, reliab: d
     quants = cohort.quants
     out: dict = {"primary_variant": primary, "delta": config.silent.delta,
                  "equivalence_scope": config.silent.equivalence_scope}  # fmt: skip
-    facts = [c for c in (BITS, BYTES) if c in t.columns]
+    facts = [c for c in QUANT_FACTS if c in t.columns]
     out["quant_facts"] = facts
     rows = []
     for q in quants:
