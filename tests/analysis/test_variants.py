@@ -141,3 +141,15 @@ def test_trust_verdicts_by_hand():
     assert _trust_verdict(-0.1, 0.3, 0.6, 30, -1.0, cfg)[0] == "cannot tell"  # the benchmark is too small
     assert _trust_verdict(-0.9, 0.4, 0.001, 10, -1.0, cfg)[0] == "ranks"  # a significant rho stands above the ceiling
     assert _trust_verdict(None, None, None, 0, -1.0, cfg)[0] == "too few quants"
+
+
+@pytest.mark.parametrize("n_quants,n_prompts,seed,identical", [(3, 8, 1, 2), (8, 40, 2, 2), (5, 8, 0, 0)])
+def test_tiny_cohorts_give_a_valid_summary_and_report(tmp_path, n_quants, n_prompts, seed, identical):
+    """Degenerate corners: constant variants, zones of 0-2 quants, no router decision, bootstrap CIs that exclude
+    their estimate: every number is JSON (None where undefined) and the report is written."""
+    from quantfid.analysis.report import write_report
+
+    c = to_cohort(make_synthetic_cohort(n_quants=n_quants, n_prompts=n_prompts, seed=seed, n_identical=identical))
+    res = analyze(c, AnalysisConfig(n_boot=30, reliability_splits=5, crossfit_splits=2, progress=False))
+    json.dumps(res.summary, allow_nan=False)
+    assert write_report(res, tmp_path)["report"].stat().st_size > 10000

@@ -204,6 +204,8 @@ def analyze(cohort: Cohort, config: AnalysisConfig | None = None) -> AnalysisRes
             rows.append({"zone": zname, "variant": r.pop("x"), "target": r.pop("y"), **r})
     corr = pd.DataFrame(rows, columns=["zone", "variant", "target", "value", "ci_low", "ci_high", "p", "n"])
     corr = corr.rename(columns={"value": "rho"})
+    for col in ("rho", "ci_low", "ci_high", "p"):  # None (undefined) -> NaN: numeric columns stay numeric
+        corr[col] = pd.to_numeric(corr[col], errors="coerce").astype(float)
     families = variant_families(cohort.table, cohort.variants, quants, primary, PAPER14)
     corr = bh_over_families(corr, families)
 
@@ -295,7 +297,7 @@ def analyze(cohort: Cohort, config: AnalysisConfig | None = None) -> AnalysisRes
             "cohort": _clean_dict(failure["cohort"]),
             "per_quant": _records(failure["per_quant"]),
         },
-        "router": router,
+        "router": None if router is None else _clean_dict(router),  # no decision at all: NaN -> null
         **ext,
         "notes": notes,
         "elapsed_s": round(time.perf_counter() - t0, 3),

@@ -106,8 +106,9 @@ def plot_rho_per_variant(res: AnalysisResult, path: Path) -> Path:
                 continue
             d = c[(c["target"] == tg) & (c["zone"] == zone)].set_index("variant").reindex(variants)
             rho = d["rho"].to_numpy(float)
-            lo = np.nan_to_num(rho - d["ci_low"].to_numpy(float), nan=0.0)
-            hi = np.nan_to_num(d["ci_high"].to_numpy(float) - rho, nan=0.0)
+            # a percentile CI need not contain the estimate (small n, |rho| near 1): error bars cannot be negative
+            lo = np.clip(np.nan_to_num(rho - d["ci_low"].to_numpy(float), nan=0.0), 0.0, None)
+            hi = np.clip(np.nan_to_num(d["ci_high"].to_numpy(float) - rho, nan=0.0), 0.0, None)
             n = int(d["n"].max()) if d["n"].notna().any() else 0
             ax.errorbar(
                 rho,
