@@ -43,7 +43,7 @@ def hand_cohort() -> Cohort:
 
 
 def test_mcnemar_zone_hand_values_holm_all_scope():
-    zone, method = silent_zone(hand_cohort(), SilentZoneConfig(method="auto", correction="holm", scope="all"))
+    zone, method = silent_zone(hand_cohort(), SilentZoneConfig(method="mcnemar", correction="holm", scope="all"))
     assert method == "mcnemar"
     assert zone.loc["qB", ["lost.t1", "gained.t1"]].tolist() == [6, 0]
     assert zone.at["qB", "p.t1"] == pytest.approx(0.03125)
@@ -77,7 +77,7 @@ def scores_cohort() -> Cohort:
 
 def test_ci_overlap_and_delta_zones():
     # Wilson 95%: 50/100 -> [0.404, 0.596]; 30/100 -> [0.219, 0.396] (disjoint); 45/100 -> [0.356, 0.548]
-    zone, method = silent_zone(scores_cohort(), SilentZoneConfig(method="auto"))
+    zone, method = silent_zone(scores_cohort(), SilentZoneConfig(method="ci_overlap"))
     assert method == "ci_overlap"
     assert zone["silent"].to_dict() == {"q1": True, "q2": False, "q3": True}
     zone, _ = silent_zone(scores_cohort(), SilentZoneConfig(method="delta", band=0.02))
@@ -176,7 +176,12 @@ def test_failure_prediction_per_quant_matches_direct_computation():
 def test_analyze_hand_cohort_end_to_end_in_memory():
     res = analyze(hand_cohort(), AnalysisConfig(n_boot=100, progress=False))
     s = res.summary
-    assert s["silent_zone"]["n_full"] == 4 and s["silent_zone"]["n_silent"] == 4
+    assert s["silent_zone"]["method"] == "equivalence"
+    # 10 prompts per task: no quant can be shown within +-0.02 (a CI with no flip is +-0.28); qB (6 of 10 lost on
+    # t1) differs; the paper-style zone keeps all four (Holm over 8 tests)
+    assert s["silent_zone"]["n_full"] == 4 and s["silent_zone"]["n_silent"] == 0
+    assert s["equivalence"]["groups"]["different"] == ["qB"]
+    assert s["paper_zone"]["n_silent"] == 4
     full = next(r for r in s["correlations"] if r["zone"] == "full" and r["target"] == "volume.composite")
     # kld_mean ranks (qA .01, qB .5, qC .05, qD .3) vs volume (0, 6, 2, 5): identical order -> rho = 1
     assert full["rho"] == pytest.approx(1.0)

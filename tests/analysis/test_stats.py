@@ -169,3 +169,48 @@ def test_row_versions_match_scipy_per_row():
         assert (r["ci_low"][i], r["ci_high"][i]) == pytest.approx((single.ci_low, single.ci_high), abs=1e-12)
         assert r["p"][i] == pytest.approx(mw.pvalue, rel=1e-9)
     assert np.isnan(w["value"][5]) and np.isnan(r["value"][5])
+
+
+def test_spearman_table_batched_equals_pair_by_pair_with_ties_and_constants():
+    rng = np.random.default_rng(8)
+    n = 25
+    xs = {"a": rng.normal(size=n), "b": np.round(rng.normal(size=n), 0), "flat": np.ones(n)}
+    ys = {"u": rng.normal(size=n) + xs["a"], "v": np.round(rng.normal(size=n), 1), "w": rng.integers(0, 3, n) * 1.0}
+    rows = {(r["x"], r["y"]): r for r in spearman_table(xs, ys, n_boot=400, seed=2)}
+    for xk, xv in xs.items():
+        for yk, yv in ys.items():
+            single = spearman_with_ci(xv, yv, n_boot=400, seed=2).to_dict()
+            got = rows[(xk, yk)]
+            for key in ("value", "ci_low", "ci_high", "p"):
+                if single[key] is None:
+                    assert got[key] is None, (xk, yk, key)
+                else:
+                    assert got[key] == pytest.approx(single[key], abs=1e-12), (xk, yk, key)
+
+
+def test_nan_percentile_equals_numpy():
+    from quantfid.analysis.stats import nan_percentile
+
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(50, 7, 3))
+    a[rng.random(a.shape) < 0.3] = np.nan
+    a[:, 2, 1] = np.nan  # an all-NaN cell
+    a[:49, 4, 0] = np.nan  # a single value
+    got = nan_percentile(a, [2.5, 50, 97.5])
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        want = np.nanpercentile(a, [2.5, 50, 97.5], axis=0)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, equal_nan=True)
+    full = rng.normal(size=(40, 5))
+    np.testing.assert_allclose(nan_percentile(full, [5, 95]), np.percentile(full, [5, 95], axis=0))
+
+
+def test_spearman_table_large_path_equals_small_path():
+    rng = np.random.default_rng(3)
+    n = 400  # 400 quants x 1000 resamples x 60 columns: the row-dot path
+    xs = {f"x{i}": rng.normal(size=n) for i in range(30)}
+    ys = {f"y{i}": rng.normal(size=n) + xs["x0"] for i in range(30)}
+    big = spearman_table(xs, ys, n_boot=1000, seed=1)
+    small = [spearman_table({r["x"]: xs[r["x"]]}, {r["y"]: ys[r["y"]]}, n_boot=1000, seed=1)[0] for r in big[:40]]
+    for a, b in zip(big[:40], small, strict=True):
+        assert (a["ci_low"], a["ci_high"]) == pytest.approx((b["ci_low"], b["ci_high"]), abs=1e-12)

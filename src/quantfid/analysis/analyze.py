@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
 from quantfid.analysis.cohort import COMPOSITE, SCORE_PREFIX, AnalysisInputError, Cohort
+from quantfid.analysis.direction import direction_table
+from quantfid.analysis.equivalence import groups
+from quantfid.analysis.extended import DEFAULT_RELIABILITY_SPLITS, extended_analysis
 from quantfid.analysis.failure import failure_prediction
 from quantfid.analysis.flips import direction_identity_error, volume_direction
 from quantfid.analysis.router import router_accuracy
 from quantfid.analysis.silent import SilentZoneConfig, silent_zone
-from quantfid.analysis.stats import _clean, spearman_table, spearman_with_ci
+from quantfid.analysis.stats import _clean, records, spearman_table, table_records
+from quantfid.analysis.variants import bh_over_families, resolve_primary, variant_families
 from quantfid.api.variants import PAPER_VARIANT_NAMES
 
 SUMMARY_VERSION = 1
-ZONES = ("full", "silent")
+ZONES = ("full", "silent", "paper")
 
 
 @dataclass(frozen=True)
@@ -30,9 +34,15 @@ class AnalysisConfig:
     level: float = 0.95
     kld_column: str = "kld_completion"
     max_router_pairs: int = 2000
-    primary_variant: str | None = None
+    primary_variant: str | None = None  # None: DEFAULT_PRIMARY (kld_mean@code.256), with a noted fallback
     variants: str = "all"
     progress: bool = True
+    reliability_splits: int = DEFAULT_RELIABILITY_SPLITS
+    crossfit_splits: int = 10
+    power: float = 0.8
+    max_clogit_cells: int = 3000
+    trust_ceiling: float = 0.5  # below this noise ceiling the benchmark cannot rank the quants: "cannot tell"
+    trust_rho: float = 0.5  # |rho| / ceiling at or above this: the variant ranks the quants
 
     def __post_init__(self) -> None:
         if self.n_boot < 0:
@@ -43,6 +53,13 @@ class AnalysisConfig:
             raise AnalysisInputError(f"kld_column={self.kld_column!r} must be 'kld_completion' or 'kld_prompt'")
         if self.max_router_pairs < 1:
             raise AnalysisInputError(f"max_router_pairs={self.max_router_pairs} must be >= 1")
+        if self.reliability_splits < 2 or self.crossfit_splits < 1:
+            raise AnalysisInputError(
+                f"reliability_splits={self.reliability_splits} must be >= 2 and crossfit_splits="
+                f"{self.crossfit_splits} >= 1"
+            )
+        if not 0 < self.power < 1:
+            raise AnalysisInputError(f"power={self.power} must lie in (0, 1), e.g. 0.8")
 
 
 @dataclass
@@ -56,20 +73,19 @@ class AnalysisResult:
     failure: dict | None
     correlations: pd.DataFrame
     primary_variant: str
+    equivalence: pd.DataFrame | None = None
+    direction: pd.DataFrame | None = None
+    paper_zone: pd.DataFrame | None = None
 
 
 def pick_primary_variant(cohort: Cohort, requested: str | None) -> str:
-    """The variant the scatter plots use: the requested one, else the first mean-KLD variant, else the first."""
-    if requested is not None:
-        if requested not in cohort.variants:
-            raise AnalysisInputError(
-                f"primary variant {requested!r} is not in the cohort; variants are {cohort.variants[:20]}"
-            )
-        return requested
-    for v in cohort.variants:
-        if v.split("@")[0] in ("kld_mean", "mean_kld", "kld"):
-            return v
-    return cohort.variants[0]
+    """The primary variant: the requested one (must exist), else DEFAULT_PRIMARY (``kld_mean@code.256``), else the bare
+    ``kld_mean``, else the first mean-KLD variant, else the first (see quantfid.analysis.variants)."""
+    if requested is not None and requested not in cohort.variants:
+        raise AnalysisInputError(
+            f"primary variant {requested!r} is not in the cohort; variants are {cohort.variants[:20]}"
+        )
+    return resolve_primary(cohort.variants, requested)[0]
 
 
 PAPER14 = PAPER_VARIANT_NAMES  # the paper's 14 (their one home: quantfid.api.variants)
@@ -102,7 +118,8 @@ def select_variants(available: list[str], spec: str) -> list[str]:
 
 
 def analyze(cohort: Cohort, config: AnalysisConfig | None = None) -> AnalysisResult:
-    """Silent zone, correlations (both zones), volume/direction, failure prediction and router on one cohort."""
+    """Silent zone (equivalence, and the paper's McNemar zone), correlations with noise ceilings and cross-fitting,
+    volume/direction/balance, failure prediction with its controls, router with its baselines, on one cohort."""
     config = config or AnalysisConfig()
     t0 = time.perf_counter()
     chosen = select_variants(cohort.variants, config.variants)
@@ -111,6 +128,10 @@ def analyze(cohort: Cohort, config: AnalysisConfig | None = None) -> AnalysisRes
     order = list(cohort.table.index)
     quants = cohort.quants
     notes: list[str] = []
+    primary = pick_primary_variant(cohort, config.primary_variant)
+    primary_note = resolve_primary(cohort.variants, config.primary_variant)[1]
+    if primary_note:
+        notes.append(primary_note)
     kld_col = config.kld_column if config.kld_column in cohort.kld_columns() else None
     if cohort.has_outcomes and kld_col is None and cohort.kld_columns():
         kld_col = cohort.kld_columns()[0]
@@ -120,43 +141,74 @@ def analyze(cohort: Cohort, config: AnalysisConfig | None = None) -> AnalysisRes
     zone, method = silent_zone(cohort, config.silent, matrices)
     silent_q = [q for q in quants if bool(zone.at[q, "silent"])]
     zone_members = {"full": quants, "silent": silent_q}
+    zone_methods = {"silent": method}
+    paper = None
+    if matrices is not None and method != "mcnemar":  # the paper-style zone, always beside the configured one
+        paper, _ = silent_zone(cohort, replace(config.silent, method="mcnemar"), matrices)
+        zone_members["paper"] = [q for q in quants if bool(paper.at[q, "silent"])]
+        zone_methods["paper"] = "mcnemar"
+    equiv = zone if method == "equivalence" else None
+    if equiv is None:
+        try:
+            equiv, _ = silent_zone(cohort, replace(config.silent, method="equivalence"), matrices)
+        except AnalysisInputError as e:
+            notes.append(f"equivalence verdicts not computed: {e}")
 
     flips = None
     identity_err = None
+    direction = None
     if matrices is not None:
         flips = volume_direction(quants, order, matrices)
         identity_err = direction_identity_error(flips, matrices)
+        direction = direction_table(quants, order, matrices, config.level)
 
-    # ---- correlations: every variant x every target, over both zones
+    # ---- correlations: every variant x every target, over every zone
     targets: dict[str, np.ndarray] = {}
     task_keys = [*cohort.tasks, COMPOSITE] if cohort.tasks else [COMPOSITE]
     for k in task_keys:
         targets[f"score.{k}"] = cohort.table.loc[quants, SCORE_PREFIX + k].to_numpy(float)
     if flips is not None:
-        for kind in ("volume", "direction"):
+        for kind in ("volume", "direction", "balance"):
             for k in [COMPOSITE, *sorted(matrices)]:
-                targets[f"{kind}.{k}"] = flips.loc[quants, f"{kind}.{k}"].to_numpy(float)
+                src = direction if kind == "balance" else flips
+                targets[f"{kind}.{k}"] = src.loc[quants, f"{kind}.{k}"].to_numpy(float)
     rows = []
     pos = {q: i for i, q in enumerate(quants)}
-    for zname in ZONES:
-        members = zone_members[zname]
+    for zname, members in zone_members.items():
         sel = np.array([pos[q] for q in members], dtype=np.int64)
-        xs = {v: cohort.table.loc[members, v].to_numpy(float) for v in cohort.variants}
+        xv = cohort.table.loc[members, cohort.variants].to_numpy(float)
+        xs = {v: xv[:, i] for i, v in enumerate(cohort.variants)}
         ys = {k: v[sel] for k, v in targets.items()}
         complete_x = {k: v for k, v in xs.items() if np.isfinite(v).all()}
         complete_y = {k: v for k, v in ys.items() if np.isfinite(v).all()}
         part = spearman_table(complete_x, complete_y, config.n_boot, config.seed, config.level) if complete_x else []
-        for xk, xv in xs.items():  # pairs with missing values: their own resample on the complete quants
+        # pairs with missing values (e.g. balance of a quant without flips): their own resample on the complete
+        # quants, batched over the pairs that share the same complete quants (same result as one pair at a time)
+        by_mask: dict[bytes, tuple[np.ndarray, list[tuple[str, str]]]] = {}
+        for xk, xv in xs.items():
             for yk, yv in ys.items():
                 if xk in complete_x and yk in complete_y:
                     continue
                 ok = np.isfinite(xv) & np.isfinite(yv)
-                est = spearman_with_ci(xv[ok], yv[ok], config.n_boot, config.seed, config.level)
-                part.append({"x": xk, "y": yk, **est.to_dict()})
+                by_mask.setdefault(ok.tobytes(), (ok, []))[1].append((xk, yk))
+        for ok, pairs in by_mask.values():
+            want = set(pairs)
+            sub_x = {xk: xs[xk][ok] for xk in dict.fromkeys(p[0] for p in pairs)}
+            sub_y = {yk: ys[yk][ok] for yk in dict.fromkeys(p[1] for p in pairs)}
+            part.extend(r for r in spearman_table(sub_x, sub_y, config.n_boot, config.seed, config.level)
+                        if (r["x"], r["y"]) in want)  # fmt: skip
         for r in part:
             rows.append({"zone": zname, "variant": r.pop("x"), "target": r.pop("y"), **r})
     corr = pd.DataFrame(rows, columns=["zone", "variant", "target", "value", "ci_low", "ci_high", "p", "n"])
     corr = corr.rename(columns={"value": "rho"})
+    for col in ("rho", "ci_low", "ci_high", "p"):  # None (undefined) -> NaN: numeric columns stay numeric
+        corr[col] = pd.to_numeric(corr[col], errors="coerce").astype(float)
+    families = variant_families(cohort.table, cohort.variants, quants, primary, PAPER14)
+    corr = bh_over_families(corr, families)
+
+    ext = extended_analysis(cohort, config, matrices, zone_members, zone_methods, corr, targets, equiv, primary,
+                            families, notes)  # fmt: skip
+    corr = ext.pop("correlations")
 
     failure = None
     router = None
@@ -172,8 +224,12 @@ def analyze(cohort: Cohort, config: AnalysisConfig | None = None) -> AnalysisRes
     if len(silent_q) < 3:
         notes.append(f"the silent zone holds {len(silent_q)} quant(s): fewer than 3: no correlation there")
 
-    primary = pick_primary_variant(cohort, config.primary_variant)
     headline = _headline(corr, primary, failure, router)
+    sz_extra = {}
+    if method == "equivalence":
+        sz_extra = {"delta": config.silent.delta, "equivalence_scope": config.silent.equivalence_scope,
+                    "paired": bool(zone["paired"].iloc[0]) if len(zone) else None,
+                    "groups": groups(zone), "groups_composite": groups(zone, "verdict_composite")}  # fmt: skip
     summary = {
         "summary_version": SUMMARY_VERSION,
         "source": cohort.source,
@@ -199,16 +255,28 @@ def analyze(cohort: Cohort, config: AnalysisConfig | None = None) -> AnalysisRes
             "method": method,
             "correction": config.silent.correction if method == "mcnemar" else None,
             "scope": config.silent.scope if method == "mcnemar" else None,
-            "alpha": config.silent.alpha if method == "mcnemar" else None,
+            "alpha": config.silent.alpha if method in ("mcnemar", "equivalence") else None,
             "band": config.silent.band if method == "delta" else None,
             "n_full": len(quants),
             "n_silent": len(silent_q),
             "n_outside": len(quants) - len(silent_q),
             "silent_quants": silent_q,
+            **sz_extra,
             "per_quant": _records(zone),
         },
+        "paper_zone": None
+        if paper is None
+        else {
+            "method": "mcnemar",
+            "correction": config.silent.correction,
+            "scope": config.silent.scope,
+            "alpha": config.silent.alpha,
+            "n_silent": len(zone_members["paper"]),
+            "silent_quants": zone_members["paper"],
+            "per_quant": _records(paper),
+        },
         "headline": headline,
-        "correlations": [{k: _clean(v) for k, v in r.items()} for r in corr.to_dict("records")],
+        "correlations": table_records(corr),
         "volume_direction": None
         if flips is None
         else {
@@ -216,6 +284,9 @@ def analyze(cohort: Cohort, config: AnalysisConfig | None = None) -> AnalysisRes
             "direction_identity_max_abs_error": identity_err,
             "note": "direction (gained - lost) summed over a task's prompts equals n x (accuracy change) exactly",
         },
+        "direction": None
+        if direction is None
+        else {"per_quant": _records(direction), "note": DIRECTION_NOTE},
         "failure_prediction": None
         if failure is None
         else {
@@ -223,11 +294,19 @@ def analyze(cohort: Cohort, config: AnalysisConfig | None = None) -> AnalysisRes
             "cohort": _clean_dict(failure["cohort"]),
             "per_quant": _records(failure["per_quant"]),
         },
-        "router": router,
+        "router": None if router is None else _clean_dict(router),  # no decision at all: NaN -> null
+        **ext,
         "notes": notes,
         "elapsed_s": round(time.perf_counter() - t0, 3),
     }
-    return AnalysisResult(summary, cohort.table, zone, flips, failure, corr, primary)
+    return AnalysisResult(summary, cohort.table, zone, flips, failure, corr, primary, equiv, direction, paper)
+
+
+DIRECTION_NOTE = (
+    "loss rate = lost / reference-passed, gain rate = gained / reference-failed (Clopper-Pearson CIs); balance = "
+    "(gained - lost) / volume; blind expectation = sum over tasks of volume x (1 - 2 x reference accuracy): what flips "
+    "that ignore correctness give; excess = direction - blind expectation"
+)
 
 
 # What the seed paper ("Displacement Is Not Direction", arXiv 2606.19558) reports, shown beside ours for orientation.
@@ -236,6 +315,8 @@ PAPER = {
     "rho.silent.score.composite": "+0.00 / -0.24 (p=0.36)",
     "rho.silent.volume.composite": "+0.94 / +0.55",
     "rho.silent.direction.composite": "weak",
+    "rho.paper.score.composite": "+0.00 / -0.24 (p=0.36)",
+    "rho.paper.volume.composite": "+0.94 / +0.55",
     "failure.gm_ratio": "1.08-1.22",
     "router.accuracy": "0.423-0.494",
 }
@@ -244,8 +325,10 @@ PAPER = {
 def _headline(corr: pd.DataFrame, primary: str, failure: dict | None, router: dict | None) -> list[dict]:
     """The handful of numbers the paper's claims rest on, for the primary variant, each with its CI."""
     rows = []
-    for zone, target in (("full", "score.composite"), ("silent", "score.composite"), ("full", "volume.composite"),
-                         ("silent", "volume.composite"), ("silent", "direction.composite")):  # fmt: skip
+    for zone, target in (("full", "score.composite"), ("silent", "score.composite"), ("paper", "score.composite"),
+                         ("full", "volume.composite"), ("silent", "volume.composite"), ("paper", "volume.composite"),
+                         ("silent", "direction.composite"), ("full", "balance.composite"),
+                         ("silent", "balance.composite"), ("paper", "balance.composite")):  # fmt: skip
         d = corr[(corr["variant"] == primary) & (corr["zone"] == zone) & (corr["target"] == target)]
         if d.empty:
             continue
@@ -253,7 +336,9 @@ def _headline(corr: pd.DataFrame, primary: str, failure: dict | None, router: di
         key = f"rho.{zone}.{target}"
         rows.append({"name": key, "value": _clean(r["rho"]), "ci_low": _clean(r["ci_low"]),
                      "ci_high": _clean(r["ci_high"]), "p": _clean(r["p"]), "n": _clean(r["n"]),
-                     "paper": PAPER.get(key)})  # fmt: skip
+                     "paper": PAPER.get(key), "noise_ceiling": _clean(r.get("noise_ceiling")),
+                     "rho_cf": _clean(r.get("rho_cf")), "noise_ceiling_cf": _clean(r.get("noise_ceiling_cf")),
+                     "p_bh": _clean(r.get("p_bh"))})  # fmt: skip
     if failure is not None:
         g = failure["cohort"]["gm_ratio"]
         rows.append({"name": "failure.gm_ratio", "value": g["value"], "ci_low": g["ci_low"], "ci_high": g["ci_high"],
@@ -271,11 +356,8 @@ def _headline(corr: pd.DataFrame, primary: str, failure: dict | None, router: di
 
 
 def _records(frame: pd.DataFrame) -> dict:
-    """{quant: {column: value}} with JSON-clean values."""
-    return {
-        str(q): {c: _clean(v.item() if hasattr(v, "item") else v) for c, v in row.items()}
-        for q, row in frame.iterrows()
-    }
+    """{quant: {column: value}} with JSON-clean values (NaN/inf -> None, numpy scalars -> Python)."""
+    return records(frame)
 
 
 def _clean_dict(d: dict) -> dict:

@@ -10,11 +10,15 @@ from pathlib import Path
 
 from quantfid.analysis.analyze import AnalysisConfig, AnalysisResult, analyze
 from quantfid.analysis.cohort import COMPOSITE, AnalysisInputError, Cohort
+from quantfid.analysis.equivalence import DEFAULT_DELTA, SCOPES
+from quantfid.analysis.extended import DEFAULT_RELIABILITY_SPLITS
 from quantfid.analysis.external import import_external
 from quantfid.analysis.query import load_cohort
 from quantfid.analysis.report import write_report
 from quantfid.analysis.silent import METHODS, SilentZoneConfig
 from quantfid.analysis.stats import CORRECTIONS
+from quantfid.analysis.variants import DEFAULT_PRIMARY
+from quantfid.api import schema as S
 
 EPILOG = """examples:
   quantfid-analyze --tracking-uri sqlite:///mlflow.db --experiment quantfid --sweep-id organism-2026 --out report/
@@ -62,9 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--silent-zone",
         choices=METHODS,
         default="auto",
-        help="silent-zone definition: mcnemar (paired exact test per task, corrected; the default when "
-        "per-prompt outcomes exist), ci_overlap (Wilson CIs overlap), delta (|score change| <= --band)",
+        help="silent-zone definition: equivalence (the default: the paired CI of the accuracy difference lies "
+        "inside +-delta; unpaired CIs without per-prompt outcomes), mcnemar (the paper's zone: paired exact test per "
+        "task, corrected; always reported beside the default as zone 'paper'), ci_overlap (Wilson CIs overlap), "
+        "delta (|score change| <= --band)",
     )
+    an.add_argument("--delta", type=float, default=DEFAULT_DELTA,
+                    help=f"equivalence margin in accuracy (absolute; default {DEFAULT_DELTA}: two points)")
+    an.add_argument("--equivalence-scope", choices=SCOPES, default="all",
+                    help="equivalent on the composite and every task (all, default) or on the composite only")
     an.add_argument("--correction", choices=sorted(CORRECTIONS), default="holm", help="multiple-comparison correction")
     an.add_argument(
         "--correction-scope",
@@ -90,7 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="fidelity variants: all (every fid.* stat x setting but standard errors), paper14, or a "
         "comma list of names / bare stats (default all)",
     )
-    an.add_argument("--primary-variant", help="variant for the scatter plots (default: the first mean-KLD variant)")
+    an.add_argument("--primary-variant",
+                    help=f"the variant the answer and plots are about (default {DEFAULT_PRIMARY}; if the cohort lacks "
+                    "it: kld_mean, else the first mean-KLD variant, noted in the report)")
+    an.add_argument("--reliability-splits", type=int, default=DEFAULT_RELIABILITY_SPLITS,
+                    help="seeded split-halves of the prompts for the noise ceiling (default %(default)s)")
+    an.add_argument("--crossfit-splits", type=int, default=10,
+                    help="seeded split-halves for cross-fitting the zone (x2 folds; default %(default)s)")
+    an.add_argument("--power", type=float, default=0.8, help="power for the planning numbers (default 0.8)")
+    an.add_argument("--max-clogit-cells", type=int, default=3000,
+                    help="quant x prompt cells for the conditional logistic regression (quants subsampled above)")
     out = p.add_argument_group("output")
     out.add_argument("--out", default="analysis-report", help="output directory (default ./analysis-report)")
     out.add_argument("--no-log", action="store_true", help="do not log an MLflow analysis run")
@@ -128,12 +147,12 @@ def log_analysis_run(res: AnalysisResult, paths: dict[str, Path], tracking_uri: 
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     s = res.summary
     src = s["source"]
-    tags = {"quantfid.role": "analysis", "quantfid.schema_version": "1",
+    tags = {S.TAG_ROLE: S.ROLE_ANALYSIS, S.TAG_SCHEMA: S.SCHEMA_VERSION,
             "quantfid.analysis.source": src.get("kind", "?"),
             "quantfid.analysis.sweep_ids": ",".join(src.get("sweep_ids", []))[:5000],
             "quantfid.analysis.silent_zone": s["silent_zone"]["method"]}  # fmt: skip
     if src.get("reference_fingerprint"):
-        tags["quantfid.reference_fingerprint"] = src["reference_fingerprint"]
+        tags[S.TAG_REFERENCE] = src["reference_fingerprint"]
     run = client.create_run(exp_id, tags=tags, run_name="quantfid-analyze")
     rid = run.info.run_id
     try:
@@ -147,6 +166,7 @@ def log_analysis_run(res: AnalysisResult, paths: dict[str, Path], tracking_uri: 
             metrics["router.accuracy_ci_high"] = s["router"]["accuracy_prompt_bootstrap"]["ci_high"]
         if s["failure_prediction"] and s["failure_prediction"]["cohort"]["gm_ratio"]["value"] is not None:
             metrics["failure.gm_ratio"] = s["failure_prediction"]["cohort"]["gm_ratio"]["value"]
+        metrics.update(extra_metrics(res))
         finite = {k: float(v) for k, v in metrics.items() if v is not None and v == v}  # NaN != NaN
         client.log_batch(rid, metrics=[Metric(k, v, 0, 0) for k, v in finite.items()], params=[])
         client.log_param(rid, "primary_variant", res.primary_variant)
@@ -162,15 +182,44 @@ def log_analysis_run(res: AnalysisResult, paths: dict[str, Path], tracking_uri: 
     return rid
 
 
+def extra_metrics(res: AnalysisResult) -> dict[str, float | None]:
+    """Headline metrics added with the equivalence zone (names new in issue 12; the older ones are unchanged)."""
+    s = res.summary
+    out: dict[str, float | None] = {}
+    eq = s.get("equivalence")
+    if eq:
+        for v, k in eq["counts"].items():
+            out[f"equivalence.n_{v}"] = k
+        out["equivalence.delta"] = eq["delta"]
+    if s.get("paper_zone"):
+        out["n_silent_paper"] = s["paper_zone"]["n_silent"]
+    for r in s["correlations"]:
+        if r["variant"] == res.primary_variant and r["target"] == f"score.{COMPOSITE}":
+            out[f"noise_ceiling.{r['zone']}.score.{COMPOSITE}"] = r.get("noise_ceiling")
+            if r.get("rho_cf") is not None:
+                out[f"rho_cf.{r['zone']}.score.{COMPOSITE}"] = r["rho_cf"]
+    fc = s.get("failure_controls")
+    if fc:
+        out["failure.gm_ratio_ref_difficulty"] = fc["cohort"]["gm_ratio_ref_difficulty"]["value"]
+        out["failure.within_prompt_centred"] = fc["cohort"]["within_prompt"]["loss_centred"]["value"]
+    rb = s.get("router_baselines")
+    if rb:
+        e = rb["groups"]["all"]["all prompts"]
+        out["router.global_kld"] = e["global_kld"]["value"]
+        out["router.demeaned"] = e["demeaned"]["value"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = AnalysisConfig(
             silent=SilentZoneConfig(args.silent_zone, args.correction, args.alpha, args.correction_scope, args.band,
-                                    args.level),
+                                    args.level, args.delta, args.equivalence_scope),
             n_boot=args.n_boot, seed=args.seed, level=args.level, kld_column=args.kld_column,
             max_router_pairs=args.max_router_pairs, primary_variant=args.primary_variant, variants=args.variants,
-            progress=not args.no_progress,
+            progress=not args.no_progress, reliability_splits=args.reliability_splits,
+            crossfit_splits=args.crossfit_splits, power=args.power, max_clogit_cells=args.max_clogit_cells,
         )  # fmt: skip
         cohort = load_from_args(args)
         res = analyze(cohort, cfg)
@@ -180,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     paths = write_report(res, args.out)
     sz = res.summary["silent_zone"]
     print(f"cohort: {sz['n_full']} quants; silent zone ({sz['method']}): {sz['n_silent']}; outside: {sz['n_outside']}")
+    eq = res.summary.get("equivalence")
+    if eq:
+        c = eq["counts"]
+        print(f"equivalence at +-{eq['delta']} ({eq['scope']}, {'paired' if eq['paired'] else 'unpaired'} CIs): "
+              f"{c['equivalent']} equivalent, {c['different']} different, {c['indeterminate']} indeterminate")
     print(f"report:  {paths['report'].resolve()}")
     print(f"summary: {paths['summary'].resolve()}")
     if not args.no_log:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from quantfid.analysis.cohort import COMPOSITE, N_PREFIX, SCORE_PREFIX, AnalysisInputError, Cohort
+from quantfid.api.schema import DP_PERCENTILES, METRIC_BITS_PER_WEIGHT, METRIC_MODEL_BYTES
 
 # ---------------------------------------------------------------- llama.cpp --kl-divergence logs
 
@@ -44,6 +45,19 @@ _LINES: list[tuple[str, str, tuple[str, ...], float]] = [
 ]
 _QUANTILE = re.compile(rf"^(Maximum|Minimum|Median|[\d.]+%)\s+(KLD|Δp)\s*:\s*{_NUM}\s*(%?)")
 _QNAME = {"Maximum": "max", "Minimum": "min", "Median": "median"}
+# llama.cpp's percentile lines -> the native names (quantfid.api.schema), so an imported and a native cohort mean the
+# same thing by the same name: p01 is the 1st percentile, p001 the 0.1th.
+PERCENTILE_NAMES = {pct: name for name, pct in DP_PERCENTILES.items()}
+
+
+def percentile_name(label: str) -> str:
+    """'0.1%' -> 'p001', '1.0%' -> 'p01', '99.9%' -> 'p999' (native naming); an unknown percentile keeps its digits
+    with the point as 'd' ('12.5%' -> 'p12d5') so it can never collide with a native name."""
+    pct = float(label.rstrip("%"))
+    for known, name in PERCENTILE_NAMES.items():
+        if abs(pct - known) < 1e-9:
+            return name
+    return "p" + f"{pct:g}".replace(".", "d")
 
 
 def parse_kld_log(text: str, source: str = "<log>") -> dict[str, float]:
@@ -55,7 +69,7 @@ def parse_kld_log(text: str, source: str = "<log>") -> dict[str, float]:
         m = _QUANTILE.match(line)
         if m:
             label, what, val, _pct = m.groups()
-            q = _QNAME.get(label) or "p" + label.rstrip("%").replace(".0", "").replace(".", "")
+            q = _QNAME.get(label) or percentile_name(label)
             name = ("kld_" if what == "KLD" else "dp_") + q
             out[name] = float(val) * (0.01 if what == "Δp" else 1.0)
             continue
@@ -143,6 +157,9 @@ def read_lm_eval_samples(directory: Path, metric: str | None = None, name: str =
 # ---------------------------------------------------------------- assembling a cohort
 
 
+CSV_FACTS = {"bits_per_weight": METRIC_BITS_PER_WEIGHT, "model_bytes": METRIC_MODEL_BYTES}
+
+
 def _read_csv(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(metrics per quant, scores per quant and task) from a cohort CSV."""
     df = pd.read_csv(path)
@@ -151,7 +168,8 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     df["quant"] = df["quant"].astype(str)
     if "task" not in df.columns:
         df["task"] = COMPOSITE
-    metric_cols = [c for c in df.columns if c not in ("quant", "task", "score", "n")]
+    facts = [c for c in CSV_FACTS if c in df.columns]
+    metric_cols = [c for c in df.columns if c not in ("quant", "task", "score", "n", *CSV_FACTS)]
     for c in metric_cols:
         if not pd.api.types.is_numeric_dtype(df[c]):
             raise AnalysisInputError(
@@ -159,6 +177,8 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "every column besides quant/task is a number"
             )
     metrics = df.groupby("quant")[metric_cols].first() if metric_cols else pd.DataFrame(index=df["quant"].unique())
+    for c in facts:  # quant size, not fidelity: carried under the tracking schema's metric names
+        metrics[CSV_FACTS[c]] = pd.to_numeric(df.groupby("quant")[c].first(), errors="coerce")
     scores = pd.DataFrame()
     if "score" in df.columns:
         s = pd.to_numeric(df["score"], errors="coerce")
@@ -212,7 +232,7 @@ def import_external(
         files["lm_eval"] = list(lm_eval)
     if scores.empty:
         raise AnalysisInputError("no benchmark score: give a 'score' column in --csv or lm-eval samples")
-    variants = sorted(c for c in metrics.columns if metrics[c].notna().any())
+    variants = sorted(c for c in metrics.columns if metrics[c].notna().any() and c not in CSV_FACTS.values())
     if not variants:
         raise AnalysisInputError("no fidelity metric: add metric columns to --csv or give --kld-log files")
     names = sorted(set(scores["quant"]) | set(metrics.index))
@@ -225,7 +245,7 @@ def import_external(
     if no_score:
         raise AnalysisInputError(f"quant(s) {no_score[:5]} have fidelity metrics but no score; add their scores")
     table = pd.DataFrame(index=pd.Index(names, name="quant"))
-    table = table.join(metrics[variants])
+    table = table.join(metrics[variants + [c for c in CSV_FACTS.values() if c in metrics.columns]])
     tasks = sorted(t for t in scores["task"].unique() if t != COMPOSITE)
     for t in tasks:
         st = scores[scores["task"] == t].set_index("quant")

@@ -145,6 +145,8 @@ def cohort_from_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[
                     name = variant_name(stat, run_corpus, run_context)
                 rec[name] = float(v)
                 variants.add(name)
+            elif m in S.QUANT_FACT_METRICS:
+                rec.setdefault(m, float(v))
             elif mb := S.BENCH_METRIC.match(m):
                 task, kind = mb.groups()
                 col_name = (SCORE_PREFIX if kind == "acc" else N_PREFIX) + task

@@ -2,15 +2,19 @@
 
 Definitions (``method``):
 
-- ``mcnemar`` (default): per task, the exact McNemar test of the quant's per-prompt outcomes vs the reference's
-  (discordant pairs: lost vs gained), p-values corrected for multiple comparisons (Holm by default, BH option) over
-  the whole family of quant x task tests (``scope="all"``) or within each task (``scope="task"``). A quant is silent
-  when no task differs at ``alpha``. Needs per-prompt outcomes.
+- ``equivalence`` (default): per quant, the paired CI of its accuracy difference from the reference (Tango's score
+  interval; the unpaired score interval without per-prompt outcomes) on the composite and every task
+  (``equivalence_scope="all"``; ``"composite"``: the composite alone) decides equivalent (inside +-``delta``),
+  different or indeterminate; the zone is the equivalent quants. See ``quantfid.analysis.equivalence``.
+- ``mcnemar`` (the paper-style zone): per task, the exact McNemar test of the quant's per-prompt outcomes vs the
+  reference's (discordant pairs: lost vs gained), p-values corrected for multiple comparisons (Holm by default, BH
+  option) over the whole family of quant x task tests (``scope="all"``) or within each task (``scope="task"``). A
+  quant is silent when no task differs at ``alpha``. Needs per-prompt outcomes.
 - ``ci_overlap``: per task, the Wilson CIs of the quant's and the reference's accuracy overlap. Needs score and n.
 - ``delta``: per task, |accuracy - reference accuracy| <= ``band``. Needs score only.
 
-``auto`` resolves to ``mcnemar`` when the cohort has per-prompt outcomes and ``ci_overlap`` otherwise; the
-resolved method is recorded in the summary.
+``auto`` resolves to ``equivalence``; the resolved method is recorded in the summary. The McNemar zone is also
+reported beside the configured one (as zone ``paper``) whenever per-prompt outcomes exist.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import numpy as np
 import pandas as pd
 
 from quantfid.analysis.cohort import COMPOSITE, N_PREFIX, SCORE_PREFIX, AnalysisInputError, Cohort, TaskMatrix
+from quantfid.analysis.equivalence import DEFAULT_DELTA, SCOPES, equivalence_zone
 from quantfid.analysis.stats import CORRECTIONS, adjust_pvalues, mcnemar_exact_p, wilson_ci
 
-METHODS = ("auto", "mcnemar", "ci_overlap", "delta")
+METHODS = ("auto", "equivalence", "mcnemar", "ci_overlap", "delta")
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,8 @@ class SilentZoneConfig:
     scope: str = "all"
     band: float = 0.02
     level: float = 0.95
+    delta: float = DEFAULT_DELTA
+    equivalence_scope: str = "all"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -48,6 +55,10 @@ class SilentZoneConfig:
             raise AnalysisInputError(f"scope={self.scope!r} must be 'all' or 'task'")
         if self.band < 0:
             raise AnalysisInputError(f"band={self.band} must be >= 0")
+        if not 0 < self.delta < 1:
+            raise AnalysisInputError(f"delta={self.delta} must lie in (0, 1): an accuracy margin such as 0.02")
+        if self.equivalence_scope not in SCOPES:
+            raise AnalysisInputError(f"equivalence_scope={self.equivalence_scope!r} must be one of {SCOPES}")
 
 
 def silent_zone(
@@ -62,7 +73,12 @@ def silent_zone(
         )
     method = config.method
     if method == "auto":
-        method = "mcnemar" if cohort.has_outcomes else "ci_overlap"
+        method = "equivalence"
+    if method == "equivalence":
+        if matrices is None and cohort.has_outcomes:
+            matrices = cohort.task_matrices(kld_column=None)
+        return equivalence_zone(cohort, matrices, config.delta, config.alpha, config.level,
+                                config.equivalence_scope), method
     if method == "mcnemar":
         if matrices is None:
             if not cohort.has_outcomes:

@@ -52,7 +52,16 @@ COMPOSITE = "composite"
 METRIC_BITS_PER_WEIGHT = "quant.bits_per_weight"
 METRIC_MODEL_BYTES = "quant.model_bytes"
 METRIC_JOB_SECONDS = "job.seconds"
+#: What a quant costs to store, logged per run (the analysis draws quality against it).
+QUANT_FACT_METRICS = (METRIC_BITS_PER_WEIGHT, METRIC_MODEL_BYTES)
 BENCH_METRIC = re.compile(r"^bench\.(.+)\.(acc|n)$")
+#: The percentiles of the per-token KLD and delta-p distributions logged as ``fid.kld_<name>`` / ``fid.dp_<name>``
+#: (llama.cpp prints the same ones; imported llama.cpp logs take these names): p01 is the 1st percentile, p001 the
+#: 0.1th.
+KLD_PERCENTILES = {
+    "p999": 99.9, "p99": 99.0, "p95": 95.0, "p90": 90.0, "p10": 10.0, "p05": 5.0, "p01": 1.0, "p001": 0.1,
+}  # fmt: skip
+DP_PERCENTILES = {**KLD_PERCENTILES, "p75": 75.0, "p25": 25.0}
 
 # ---- artifacts
 OUTCOMES_ARTIFACT = "outcomes/outcomes.parquet"

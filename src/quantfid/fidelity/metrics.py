@@ -32,6 +32,7 @@ import torch
 from scipy import stats
 
 from quantfid.api.divergence import kl_divergence, plogr
+from quantfid.api.schema import DP_PERCENTILES, KLD_PERCENTILES
 
 PER_TOKEN_FIELDS = ("kld", "kld_rev", "nll_ref", "nll_quant", "top1", "dp")
 
@@ -112,8 +113,7 @@ def _finish(kld, kld_rev, lq_true, lp_true, top1) -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------- aggregations (all from the per-token arrays)
 
-_KLD_PCTS = {"p999": 99.9, "p99": 99.0, "p95": 95.0, "p90": 90.0, "p10": 10.0, "p05": 5.0, "p01": 1.0, "p001": 0.1}
-_DP_PCTS = {**_KLD_PCTS, "p75": 75.0, "p25": 25.0}
+
 
 
 def _sem(x: np.ndarray) -> float:
@@ -145,7 +145,7 @@ def aggregate(per_token: dict[str, np.ndarray], window: np.ndarray) -> dict[str,
     m: dict[str, float] = {"n_tokens": float(n)}
 
     # KLD aggregations (paper variants) and llama.cpp's KLD statistics
-    m.update(_distribution("kld", kld, _KLD_PCTS))
+    m.update(_distribution("kld", kld, KLD_PERCENTILES))
     _, inverse = np.unique(window, return_inverse=True)
     seq_means = np.bincount(inverse, weights=kld) / np.bincount(inverse)
     m["kld_seqmean"] = float(seq_means.mean())
@@ -174,7 +174,7 @@ def aggregate(per_token: dict[str, np.ndarray], window: np.ndarray) -> dict[str,
     m["top1_agree_se"] = math.sqrt(p * (1.0 - p) / (n - 1)) if n > 1 else float("nan")
 
     # delta-p of the true token
-    m.update(_distribution("dp", dp, _DP_PCTS))
+    m.update(_distribution("dp", dp, DP_PERCENTILES))
     mse = float((dp**2).mean())
     m["rms_dp"] = math.sqrt(mse)
     m["rms_dp_se"] = 0.5 / m["rms_dp"] * _sem(dp**2) if m["rms_dp"] > 0 else 0.0
