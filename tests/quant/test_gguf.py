@@ -58,8 +58,12 @@ def test_f32_export_round_trip_and_both_runtimes_agree(which, tiny_reference, qw
     got = _logits(cpp, ids)
     kld = token_kld(want, got)
     assert kld.max().item() < 1e-6
-    assert torch.equal(got.argmax(-1), want.argmax(-1))
-    assert (got - want).abs().max().item() < 1e-3
+    diff = (got - want).abs().max().item()
+    assert diff < 1e-3
+    top2 = want.topk(2, dim=-1).values
+    clear = (top2[..., 0] - top2[..., 1]) > 2 * diff  # a random model has near ties; float32 sums may swap those
+    assert clear.float().mean() > 0.8
+    assert torch.equal(got.argmax(-1)[clear], want.argmax(-1)[clear])
 
 
 def test_permutation_is_llama_cpps():
@@ -143,7 +147,10 @@ def test_imatrix_file_holds_the_squared_activations(tiny_reference, tmp_path):
     # independent: the input of layer 0's down projection is act(gate(x)) * up(x) of its post-attention norm
     captured = {}
     mlp = tiny_reference.model.model.layers[0].mlp
-    handle = mlp.down_proj.register_forward_pre_hook(lambda m, a: captured.setdefault("x", a[0].double()))
+    def keep(_module, args):  # returns None: the input is recorded, not replaced
+        captured["x"] = args[0].double()
+
+    handle = mlp.down_proj.register_forward_pre_hook(keep)
     with torch.no_grad():
         tiny_reference.model(input_ids=chunks)
     handle.remove()
@@ -209,12 +216,14 @@ def test_a_file_of_another_model_is_refused(tiny_spec, tiny_reference, qwen3_ref
     with pytest.raises(QuantConfigError, match=r"architecture is 'qwen3' but the reference .* is 'llama'"):
         quantize(tiny_spec, {"name": "x", "backend": "gguf_file", "path": str(qwen_file)}, tiny_reference)
     # vocabulary: the same architecture and shapes, a tokenizer trained on other text
+    import json as json_module  # any varied text: a BPE of exactly the reference's size, other merges
+
     from quantfid.models.random import save_random_llama
 
     other_dir = save_random_llama(
         tmp_path / "other",
-        ["SELECT name FROM users WHERE id = 7;\n" * 80, "the quick brown fox jumps\n" * 80],
-        vocab_size=300,
+        [Path(json_module.__file__).read_text()],
+        vocab_size=tiny_reference.model.config.vocab_size,
         hidden_size=256,
         intermediate_size=768,
         num_attention_heads=4,

@@ -51,7 +51,7 @@ def calibration_chunks(reference: Reference, n_chunks: int, chunk_size: int) -> 
 
 
 @torch.no_grad()
-def collect(reference: Reference, chunks: torch.Tensor) -> dict[str, tuple[np.ndarray, int]]:
+def collect(reference: Reference, chunks: torch.Tensor, batch: int = 8) -> dict[str, tuple[np.ndarray, int]]:
     """GGUF tensor name -> (sum of squared inputs per input column, float64; token count), over ``chunks``."""
     model = reference.model
     arch = arch_of(model)
@@ -73,8 +73,8 @@ def collect(reference: Reference, chunks: torch.Tensor) -> dict[str, tuple[np.nd
         handles.append(modules[hname].register_forward_hook(hook(gname)))
     device = next(model.parameters()).device
     try:
-        for row in tqdm(chunks, desc="imatrix", unit="chunk", leave=False):
-            model(input_ids=row[None].to(device))
+        for start in tqdm(range(0, len(chunks), batch), desc="imatrix", unit="batch", leave=False):
+            model(input_ids=chunks[start : start + batch].to(device))
     finally:
         for h in handles:
             h.remove()

@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +29,15 @@ from quantfid.quant.base import QuantUnavailableError
 from quantfid.quant.gguf.quantize import require_llama_cpp, run_child
 
 RUNTIMES = ("llama_cpp", "transformers")
+_OPEN: weakref.WeakSet[LlamaCppModel] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Free llama.cpp models before interpreter shutdown (llama-cpp-python's own finalizer fails once the module's
+    globals are gone and prints a traceback)."""
+    for model in list(_OPEN):
+        model.close()
 
 
 @functools.lru_cache(maxsize=64)
@@ -64,6 +75,13 @@ class LlamaCppModel(nn.Module):
             verbose=False,
         )
         self.n_vocab = int(self._llm.n_vocab())
+        _OPEN.add(self)
+
+    def close(self) -> None:
+        """Free the llama.cpp model and context now."""
+        llm, self._llm = getattr(self, "_llm", None), None
+        if llm is not None:
+            llm.close()
 
     @property
     def device(self) -> torch.device:
