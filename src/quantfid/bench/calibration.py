@@ -71,11 +71,13 @@ def _lm_eval_prompts(task: Task) -> list[Prompt]:
 
     manager = TaskManager(include_path=src.get("include_path")) if src.get("include_path") else TaskManager()
     lm_task = get_task_dict([src["task"]], manager)[src["task"]]
+    delim = str(getattr(lm_task.config, "target_delimiter", " "))  # lm-eval scores delimiter + choice
     out = []
     for i, doc in enumerate(lm_task.eval_docs):
         text = str(lm_task.doc_to_text(doc))
         target = lm_task.doc_to_target(doc)
-        choices = tuple(str(c) for c in lm_task.doc_to_choice(doc)) if lm_task.OUTPUT_TYPE == "multiple_choice" else ()
+        multiple = lm_task.OUTPUT_TYPE == "multiple_choice"
+        choices = tuple(delim + str(c) for c in lm_task.doc_to_choice(doc)) if multiple else ()
         index = int(target) if choices and isinstance(target, int) else -1
         expected = choices[index] if index >= 0 else str(target)
         out.append(Prompt(str(i), text, prompt_hash(task.name, text), expected, choices, index))
