@@ -20,7 +20,6 @@ from quantfid.api.paths import conf_dir
 from quantfid.quant.config import cohort
 from quantfid.sweep.callbacks import abort_sweep
 from quantfid.sweep.configs import register_configs
-from quantfid.sweep.noise import quiet_known_noise
 from quantfid.sweep.task import run_job
 
 #: The configs shipped with the package (or $QUANTFID_CONF_DIR): quantfid.api.paths.
@@ -36,7 +35,7 @@ def _cohort(name: str) -> str:
 # one source of truth (conf/cohort/<name>.yaml).
 OmegaConf.register_new_resolver("cohort", _cohort, replace=True)
 register_configs()
-quiet_known_noise()
+
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
