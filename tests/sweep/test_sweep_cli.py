@@ -74,6 +74,7 @@ def test_smoke_sweep_killed_resumed_and_skipped(tiny_model, tmp_path):
     # 3. everything is in the store, in the schema's shape
     import mlflow
 
+    mlflow.set_tracking_uri(f"sqlite:///{db}")  # MlflowClient.load_table searches through the fluent API's store
     client = mlflow.MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name("quantfid-smoke")
     runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
@@ -114,7 +115,7 @@ def test_smoke_sweep_killed_resumed_and_skipped(tiny_model, tmp_path):
             "fidelity_corpus", "bench_task"
         }
         # the per-prompt outcomes as an MLflow table: prompt, output, pass/fail, per-prompt KLD
-        shown = mlflow.load_table("outcomes/outcomes_table.json", run_ids=[r.info.run_id])
+        shown = client.load_table(exp.experiment_id, "outcomes/outcomes_table.json", run_ids=[r.info.run_id])
         assert len(shown) == 6 and {"prompt", "output", "passed", "kld_prompt"} <= set(shown.columns)
         assert m["bench.organism.arith.n"] == 3 and m["bench.organism.choice.n"] == 3
         table = pd.read_parquet(
@@ -228,6 +229,28 @@ def test_a_signal_ends_the_sweep_killed_never_running(sig, code, tiny_model, tmp
             "where t.key = 'quantfid.role' and t.value = 'sweep'"
     )  # fmt: skip
     assert sweep_status == [("KILLED",)]
+
+
+def test_two_sweeps_at_once_never_run_one_identity_twice(tiny_model, tmp_path):
+    """Two `quantfid-sweep` processes started together on one store: each identity is claimed before it runs, so
+    every job runs in exactly one of them and the other skips it."""
+    db = tmp_path / "shared" / "mlflow.db"
+    db.parent.mkdir()
+    args = [*SMOKE, _model(tiny_model), f"tracking.uri=sqlite:///{db}"]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    procs = [
+        subprocess.Popen([SWEEP_BIN, *args], cwd=REPO, env=sweep_env(tmp_path / f"runs{i}"), **pipes) for i in range(2)
+    ]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+    summaries = [next(ln for ln in o.splitlines() if ln.startswith("sweep ")) for o, _ in outs]
+    finished = [int(s.split(": ")[1].split(" finished")[0]) for s in summaries]
+    skipped = [int(s.split(" finished, ")[1].split(" skipped")[0]) for s in summaries]
+    assert sum(finished) == 3 and sum(skipped) == 3, summaries
+    per_identity = dict(run_rows(db, FINISHED_BY_IDENTITY))
+    assert len(per_identity) == 3 and set(per_identity.values()) == {1}
+    active = [s for (s,) in run_rows(db, "select status from runs where lifecycle_stage = 'active'")]
+    assert sorted(active) == ["FINISHED"] * 5  # three jobs + two sweep parents; lost claims were deleted
 
 
 def test_joblib_launcher_runs_jobs_in_parallel_workers(tiny_model, tmp_path):

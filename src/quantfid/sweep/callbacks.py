@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlparse
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -32,13 +31,12 @@ from quantfid.sweep.preflight import PreflightError, preflight
 from quantfid.tracking import claims
 from quantfid.tracking import runs as R
 from quantfid.tracking.store import StoreError, check_store, resolve_store, setup_experiment
+from quantfid.tracking.ui import compare_url, runs_url, ui_base
 
 log = logging.getLogger("quantfid.sweep")
 
 #: The sweep this process opened and has not closed yet (the CLI closes it FAILED / KILLED when the sweep breaks).
 _OPEN: dict[str, Any] = {}
-#: Where a local store's UI is when started as the hint says (``mlflow ui --backend-store-uri ...``).
-LOCAL_UI = "http://127.0.0.1:5000"
 #: The metrics the compare URL plots: fidelity against score.
 COMPARE_AXES = ("fid.kld_mean", "bench.composite.acc")
 
@@ -69,22 +67,6 @@ def sweep_key(cfg: DictConfig, store_uri: str) -> str:
     except Exception:
         overrides = []
     return hashlib.sha256(json.dumps([store_uri, overrides]).encode()).hexdigest()[:16]
-
-
-def ui_base(tracking_uri: str) -> str:
-    return tracking_uri.rstrip("/") if urlparse(tracking_uri).scheme in ("http", "https") else LOCAL_UI
-
-
-def runs_url(tracking_uri: str, experiment_id: str, sweep_id: str) -> str:
-    """The experiment's runs table filtered to the runs of this sweep (MLflow 3.17's ``searchFilter`` URL state)."""
-    flt = f"tags.`{S.TAG_SWEEP}` = '{sweep_id}'"
-    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?searchFilter={quote(flt)}"
-
-
-def compare_url(tracking_uri: str, experiment_id: str, run_ids: list[str]) -> str:
-    """MLflow's compare view of ``run_ids`` (there: scatter plot, x fid.kld_mean, y bench.composite.acc)."""
-    runs = quote(json.dumps(run_ids, separators=(",", ":")))
-    return f"{ui_base(tracking_uri)}/#/compare-runs?runs={runs}&experiments={quote(json.dumps([experiment_id]))}"
 
 
 def begin_sweep(cfg: DictConfig, multirun: bool, out_dir: str | None = None) -> SweepContext:
@@ -148,7 +130,7 @@ def begin_sweep(cfg: DictConfig, multirun: bool, out_dir: str | None = None) -> 
         "sweep %s: %d job(s) -> %s (experiment %s, parent run %s)", sweep_id, len(jobs), store.uri, store.experiment,
         run_id,
     )  # fmt: skip
-    log.info("sweep runs in the MLflow UI: %s", runs_url(store.uri, experiment_id, sweep_id))
+    log.info("this sweep's runs in the MLflow UI: %s", runs_url(ui_base(store.uri), experiment_id, sweep_id))
     return ctx
 
 
@@ -237,17 +219,31 @@ def end_sweep(ctx: SweepContext) -> int:
             if code
             else "  failures allowed (sweep.allow_failures=true): exit status 0"
         )
-    ok_ids = [r["run_id"] for r in records if r.get("status") in ("FINISHED", "SKIPPED") and r.get("run_id")]
+    urls = sweep_urls(ctx, records)
     if not ctx.tracking_uri.startswith(("http://", "https://")):
         lines.append(f"  MLflow UI: mlflow ui --backend-store-uri {ctx.tracking_uri}   then open:")
-    lines.append(f"  this sweep's runs: {runs_url(ctx.tracking_uri, ctx.experiment_id, ctx.sweep_id)}")
-    if ok_ids:
-        lines.append(
-            f"  compare them ({COMPARE_AXES[0]} vs {COMPARE_AXES[1]}: pick Scatter plot): "
-            f"{compare_url(ctx.tracking_uri, ctx.experiment_id, ok_ids[:100])}"
-        )
+    lines.append(f"  this sweep's runs: {urls['runs']}")
+    if urls.get("compare"):
+        lines.append(f"  compare them ({COMPARE_AXES[0]} vs {COMPARE_AXES[1]}: Scatter Plot tab): {urls['compare']}")
+    if ctx.jobs_log:
+        summary = Path(ctx.jobs_log).with_name("quantfid_sweep.json")
+        if summary.exists():
+            summary.write_text(json.dumps({**json.loads(summary.read_text()), "urls": urls, "exit": code}, indent=1))
     print("\n".join(lines), file=sys.stderr if failed else sys.stdout, flush=True)
     return code
+
+
+def sweep_urls(ctx: SweepContext, records: list[dict[str, Any]]) -> dict[str, str]:
+    """The runs table of the sweep's runs (those it ran and those it skipped as already FINISHED) and their compare
+    view."""
+    base = ui_base(ctx.tracking_uri)
+    ok_ids = list(dict.fromkeys(r["run_id"] for r in records if r.get("status") in ("FINISHED", "SKIPPED")
+                                and r.get("run_id")))  # fmt: skip
+    skipped = any(r.get("status") == "SKIPPED" for r in records)
+    urls = {"runs": runs_url(base, ctx.experiment_id, ctx.sweep_id, ok_ids if skipped else None)}
+    if ok_ids:
+        urls["compare"] = compare_url(base, ctx.experiment_id, ok_ids)
+    return urls
 
 
 def abort_sweep(status: str, why: str) -> None:
