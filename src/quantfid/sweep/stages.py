@@ -20,7 +20,7 @@ from quantfid.api.io import write_parquet_atomic
 from quantfid.bench import cached_outcomes
 from quantfid.bench.cache import outcome_cache_path
 from quantfid.bench.registry import load_task
-from quantfid.fidelity import measure_setting, per_prompt_kld
+from quantfid.fidelity import FidelitySettings, check_corpus, measure_setting, per_prompt_kld
 from quantfid.models.loading import ModelSpec, Reference, load_reference
 from quantfid.quant import QuantConfigError, QuantizedModel, quantize, reference_quant, validate_quant_config
 
@@ -80,6 +80,15 @@ class BrokenQuantError(RuntimeError):
     """The fidelity stage found the quant broken (NaN/inf logits): the job is recorded FAILED with this message."""
 
 
+def corpus_stage(fidelity_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The job's corpus, checked before its run starts (readable, right field, not empty): its label, its resolved
+    spec (JSON) and its content hash, which go into the run's params and identity. Raises ``FidelityError``."""
+    settings = FidelitySettings.from_config(dict(fidelity_cfg))
+    spec = check_corpus(settings.corpus, max_tokens=settings.max_tokens)
+    sha = spec.pop("sha256")
+    return {"corpus": spec["name"], "corpus_source": json.dumps(spec, sort_keys=True), "corpus_sha256": sha}
+
+
 def measure_fidelity_stage(
     ref: Reference, quant: QuantizedModel, fidelity_cfg: Mapping[str, Any], cache_dir: Path
 ) -> dict[str, float]:
@@ -100,14 +109,21 @@ def bench_stage(ref: Reference, quant: QuantizedModel, bench_cfg: Mapping[str, A
     quant's fingerprint): the second fidelity setting of the same quant reads them back instead of generating."""
     tasks = list(bench_cfg.get("tasks") or [])
     return cached_outcomes(
-        quant.model, ref.tokenizer, quant.fingerprint, tasks, max_prompts=_limit(bench_cfg), cache_dir=cache_dir
+        quant.model,
+        ref.tokenizer,
+        quant.fingerprint,
+        tasks,
+        max_prompts=_limit(bench_cfg),
+        cache_dir=cache_dir,
+        chat_template=bool(bench_cfg.get("chat_template", False)),
     )
 
 
 def _kld_cache_path(ref: Reference, quant: QuantizedModel, bench_cfg: Mapping[str, Any], cache_dir: Path) -> Path:
     """Per-prompt KLD of a quant, beside its outcomes: keyed by both models and the tasks' outcome cache keys."""
     tasks = [load_task(t) for t in bench_cfg.get("tasks") or []]
-    keys = [outcome_cache_path(quant.fingerprint, t, _limit(bench_cfg), None, cache_dir).name for t in tasks]
+    chat = bool(bench_cfg.get("chat_template", False))
+    keys = [outcome_cache_path(quant.fingerprint, t, _limit(bench_cfg), None, cache_dir, chat).name for t in tasks]
     payload = json.dumps({"quant": quant.fingerprint, "reference": ref.fingerprint, "tasks": keys})
     return cache_dir / "kld" / f"{hashlib.sha256(payload.encode()).hexdigest()[:24]}.parquet"
 
