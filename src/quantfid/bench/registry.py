@@ -54,6 +54,7 @@ class Generation:
     max_new_tokens: int = 32
     stop: tuple[str, ...] = ("\n",)
     batch_size: int = 64
+    chat_template: bool = False  # wrap each prompt as one user turn with the tokenizer's chat template (instruct)
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,7 @@ def parse_task(raw: Any, path: Path, default_name: str = "") -> Task:
         max_new_tokens=gen.positive("max_new_tokens", int, 32),
         stop=tuple(stop),
         batch_size=gen.positive("batch_size", int, 64),
+        chat_template=gen.get("chat_template", bool, False),
     )
     gen.done()
     top.done()

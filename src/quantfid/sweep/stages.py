@@ -22,7 +22,7 @@ from quantfid.bench import cached_outcomes
 from quantfid.bench.cache import outcome_cache_path
 from quantfid.bench.perf import PerfResult, PerfWorkload, measure_perf
 from quantfid.bench.registry import load_task
-from quantfid.fidelity import FidelityResult, measure_setting, per_prompt_kld
+from quantfid.fidelity import FidelityResult, FidelitySettings, check_corpus, measure_setting, per_prompt_kld
 from quantfid.models.loading import ModelSpec, Reference, load_reference
 from quantfid.quant import QuantConfigError, QuantizedModel, quantize, reference_quant, validate_quant_config
 from quantfid.tracking.shared import fetch_file, publish_file
@@ -93,6 +93,15 @@ def share_client(job: Mapping[str, Any], tracking_uri: str) -> Any:
     return mlflow.MlflowClient(tracking_uri) if on else None
 
 
+def corpus_stage(fidelity_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The job's corpus, checked before its run starts (readable, right field, not empty): its label, its resolved
+    spec (JSON) and its content hash, which go into the run's params and identity. Raises ``FidelityError``."""
+    settings = FidelitySettings.from_config(dict(fidelity_cfg))
+    spec = check_corpus(settings.corpus, max_tokens=settings.max_tokens)
+    sha = spec.pop("sha256")
+    return {"corpus": spec["name"], "corpus_source": json.dumps(spec, sort_keys=True), "corpus_sha256": sha}
+
+
 def measure_fidelity_stage(
     ref: Reference, quant: QuantizedModel, fidelity_cfg: Mapping[str, Any], cache_dir: Path, client: Any = None
 ) -> FidelityResult:
@@ -156,14 +165,22 @@ def bench_stage(
     them (verified by key and content hash) and published when computed here.
     """
     tasks = list(bench_cfg.get("tasks") or [])
+    chat = bool(bench_cfg.get("chat_template", False))
     paths = []
     if client is not None and quant.is_reference:
-        paths = [outcome_cache_path(quant.fingerprint, load_task(t), _limit(bench_cfg), None, cache_dir) for t in tasks]
+        limit = _limit(bench_cfg)
+        paths = [outcome_cache_path(quant.fingerprint, load_task(t), limit, None, cache_dir, chat) for t in tasks]
         for path in paths:
             if not path.is_file():
                 fetch_file(client, S.ROLE_REFOUTCOMES, _share_key(path, cache_dir), path)
     out = cached_outcomes(
-        quant.model, ref.tokenizer, quant.fingerprint, tasks, max_prompts=_limit(bench_cfg), cache_dir=cache_dir
+        quant.model,
+        ref.tokenizer,
+        quant.fingerprint,
+        tasks,
+        max_prompts=_limit(bench_cfg),
+        cache_dir=cache_dir,
+        chat_template=chat,
     )
     for path in paths:
         if path.is_file():
@@ -224,7 +241,8 @@ def log_inputs(client: Any, run_id: str, inputs: list[tuple[Any, str]]) -> None:
 def _kld_cache_path(ref: Reference, quant: QuantizedModel, bench_cfg: Mapping[str, Any], cache_dir: Path) -> Path:
     """Per-prompt KLD of a quant, beside its outcomes: keyed by both models and the tasks' outcome cache keys."""
     tasks = [load_task(t) for t in bench_cfg.get("tasks") or []]
-    keys = [outcome_cache_path(quant.fingerprint, t, _limit(bench_cfg), None, cache_dir).name for t in tasks]
+    chat = bool(bench_cfg.get("chat_template", False))
+    keys = [outcome_cache_path(quant.fingerprint, t, _limit(bench_cfg), None, cache_dir, chat).name for t in tasks]
     payload = json.dumps({"quant": quant.fingerprint, "reference": ref.fingerprint, "tasks": keys})
     return cache_dir / "kld" / f"{hashlib.sha256(payload.encode()).hexdigest()[:24]}.parquet"
 

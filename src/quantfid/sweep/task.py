@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from quantfid.api import schema as S
+from quantfid.api.divergence import LOGPROB_DTYPE
+from quantfid.fidelity import FidelityError
 from quantfid.models.loading import tokenizer_fingerprint
 from quantfid.sweep import stages
 from quantfid.sweep.callbacks import begin_sweep, end_sweep
@@ -125,10 +128,20 @@ def _run_tracked(cfg: DictConfig, ctx) -> dict[str, Any]:
     import mlflow
 
     job = to_container(cfg)
-    identity = run_identity(cfg)
     quant_name = _choice("quant", job)
     fidelity = job.get("fidelity") if isinstance(job.get("fidelity"), dict) else None
-    name = run_name_for(quant_name, fidelity)
+    # the corpus is checked before the run starts; its label, spec and content hash are what params and identity
+    # show, so an edited corpus file is a new identity (never "already FINISHED") and a new reference cache
+    shown = job
+    if fidelity is not None:  # logprob_dtype: a bfloat16/float16 reference is still normalised in float64
+        try:
+            corpus = stages.corpus_stage(fidelity)
+        except FidelityError as err:  # bad input: one clear error, no run written
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        shown = {**job, "fidelity": {**fidelity, **corpus, "logprob_dtype": LOGPROB_DTYPE}}
+    identity = run_identity(shown)
+    name = run_name_for(quant_name, shown.get("fidelity"))
     out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(job["run_dir"])
     cache_dir = Path(job["run_dir"]) / "cache"
     record = {"name": name, "identity": identity, "output_dir": str(out_dir)}
@@ -158,7 +171,7 @@ def _run_tracked(cfg: DictConfig, ctx) -> dict[str, Any]:
     share = stages.share_client(job, ctx.tracking_uri)
     t0 = time.perf_counter()
     try:
-        params_job = dict(job)
+        params_job = dict(shown)
         try:  # schema check before any model work; the resolved quant config is what the params show
             params_job["quant"] = stages.validate_quant_stage(job["quant"], quant_name)
         finally:
