@@ -35,7 +35,11 @@ COPY scripts ./scripts
 # data, read from site-packages. quantfid's MLflow plugins are their own distribution (mlflow_plugins/).
 # --no-deps (scripts/setup.sh says why): hydra-ray-launcher pins cloudpickle<3 and pulls boto3 for its AWS launcher;
 # gptqmodel's metadata asks for torch>=2.14.1 but runs on the pinned 2.13.0. pypcre builds a C extension: needs gcc.
-RUN .venv/bin/pip install ./mlflow_plugins ".[quant,bench,launchers,team]" \
+# llama-cpp-python (the gguf extra) compiles llama.cpp: a portable build (GGML_NATIVE=OFF, AVX2) into .whl/, so the
+# image runs on any x86-64 CPU with AVX2, not only the build machine's (a native build segfaults on some CPUs).
+RUN CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" \
+        .venv/bin/pip wheel --no-deps -w .whl "llama-cpp-python==0.3.36"
+RUN .venv/bin/pip install --find-links .whl ./mlflow_plugins ".[quant,gguf,bench,launchers,team]" \
     && .venv/bin/pip install --no-deps "hydra-ray-launcher==1.2.2" \
     && .venv/bin/pip install --no-deps "gptqmodel==7.7.0" "pypcre==0.6.4" "tokenicer==0.0.14" "logbar==0.4.15" \
         "device-smi==0.5.7" "defuser==0.0.28" \

@@ -4,14 +4,29 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-# System packages for team mode (PostgreSQL) and the MLflow UI screenshot (Chromium); idempotent.
-bash scripts/install_system_deps.sh
+# System packages for team mode (PostgreSQL) and the MLflow UI screenshot (Chromium): only the tests need them, so
+# only QUANTFID_SYSTEM_DEPS=1 (scripts/test.sh sets it) installs them; the main job (scripts/main.sh) does not.
+if [ "${QUANTFID_SYSTEM_DEPS:-0}" = "1" ]; then
+  bash scripts/install_system_deps.sh
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
+# llama-cpp-python (the gguf extra) has no wheel on PyPI and compiles llama.cpp (about 12 minutes on 2 cores, once).
+# Its default build targets the build machine's CPU (GGML_NATIVE) and segfaults in llama_decode on quantized files on
+# some CPUs (AVX-512/AMX here): build a portable wheel (any x86-64 CPU with AVX2) into .whl/ once and install from it.
+LLAMA_CPP_VERSION=0.3.36
+if ! ls .whl/llama_cpp_python-${LLAMA_CPP_VERSION}-*.whl >/dev/null 2>&1; then
+  echo "building a portable llama-cpp-python ${LLAMA_CPP_VERSION} wheel into .whl/ (about 12 minutes on 2 cores)"
+  mkdir -p .whl
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" \
+    .venv/bin/python -m pip wheel -q --disable-pip-version-check --no-deps --no-cache-dir -w .whl \
+    "llama-cpp-python==${LLAMA_CPP_VERSION}" 2>&1 | grep -v "^WARNING: Location" || true
+fi
+export PIP_FIND_LINKS=$PWD/.whl  # pip takes the portable wheel instead of building a native one
 stamp=.venv/.quantfid-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ mlflow_plugins/pyproject.toml -nt "$stamp" ] \
-    || [ scripts/setup.sh -nt "$stamp" ]; then
+    || [ scripts/setup.sh -nt "$stamp" ] || ! .venv/bin/python -c "import llama_cpp, gguf" 2>/dev/null; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
   # quantfid's MLflow plugins are their own distribution (mlflow_plugins/): install them first, then quantfid.
@@ -24,6 +39,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ mlflow_plugins/pypr
   # runs with the pinned torch 2.13.0: install it and its small deps alone (docs/quant.md).
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "gptqmodel==7.7.0" "pypcre==0.6.4" \
     "tokenicer==0.0.14" "logbar==0.4.15" "device-smi==0.5.7" "defuser==0.0.28" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import torch, quantfid, quantfid_mlflow, ray, hydra_plugins.hydra_ray_launcher, gptqmodel; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+  .venv/bin/python -c "import torch, quantfid, quantfid_mlflow, ray, hydra_plugins.hydra_ray_launcher, gptqmodel, gguf, llama_cpp; assert torch.__version__.startswith('2.13.0'), torch.__version__"
   touch "$stamp"
 fi

@@ -96,7 +96,11 @@ def test_every_yaml_validates_and_is_named_after_its_file():
     for name in names:
         raw = yaml.safe_load((conf_dir() / "quant" / f"{name}.yaml").read_text())
         assert raw["name"] == name, f"conf/quant/{name}.yaml names itself {raw['name']!r}"
-        assert validate_quant_config(raw).backend in backend_schemas()
+        if "???" in raw.values():  # a template needing a value on the command line (quant=gguf_file quant.path=...)
+            with pytest.raises(QuantConfigError, match=r"quant\.\w+='\?\?\?': is required"):
+                load_quant_config(name)
+            continue
+        assert validate_quant_config(load_quant_config(name)).backend in backend_schemas()  # bases merged in
 
 
 def test_unknown_config_and_cohort_names():
@@ -143,3 +147,19 @@ def test_the_cohort_function_is_not_shadowed_by_a_submodule():
     from quantfid.quant import cohort as cohort_fn  # after the submodules were imported: still the function
 
     assert callable(cohort_fn) and "reference" in cohort_fn("organism")
+
+
+def test_a_config_extending_a_base_composes_as_it_loads():
+    """conf/quant/gguf_*.yaml extend _gguf_base.yaml (defaults list): Hydra's composition and load_quant_config agree,
+    and the base is not a quant of its own."""
+    from quantfid.sweep.configs import register_configs
+
+    register_configs()  # fidelity/base, which the root config's default fidelity setting extends
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["quant=gguf_q4_k_m"])
+    composed = OmegaConf.to_container(cfg.quant)
+    assert composed == load_quant_config("gguf_q4_k_m")
+    assert composed["backend"] == "gguf" and composed["runtime"] == "llama_cpp" and composed["type"] == "Q4_K_M"
+    assert "_gguf_base" not in available_quant_configs()
+    with pytest.raises(QuantConfigError, match=r"quant='_gguf_base': no "):
+        load_quant_config("_gguf_base")

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from quantfid.analysis.cohort import N_PREFIX, SCORE_PREFIX, AnalysisInputError, Cohort
 from quantfid.api import schema as S
-from quantfid.api.variants import variant_name
+from quantfid.api.variants import CALIBRATION_STATS, calibration_variant_name, variant_name
 
 TAG = S.TAG_PREFIX
 OUTCOMES_PATH = S.OUTCOMES_ARTIFACT
@@ -137,6 +137,11 @@ def cohort_from_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[
             m = col[len("metrics.") :]
             if m.startswith(S.FIDELITY_PREFIX):
                 stat = m[len(S.FIDELITY_PREFIX) :]
+                if stat in CALIBRATION_STATS:  # one value per quant, logged on each of its runs
+                    name = calibration_variant_name(stat)
+                    rec.setdefault(name, float(v))
+                    variants.add(name)
+                    continue
                 if run_corpus is None:  # a run without a fidelity setting: the bare statistic
                     name = stat
                 elif run_context is None:

@@ -44,7 +44,12 @@ def _qwen3(vocab: int, special: dict[str, Any], s: dict[str, Any]) -> PreTrained
     s.setdefault("num_key_value_heads", s["num_attention_heads"])
     s.setdefault("head_dim", s["hidden_size"] // s["num_attention_heads"])
     s.setdefault("tie_word_embeddings", True)  # as the small Qwen3 checkpoints are
-    return Qwen3ForCausalLM(Qwen3Config(vocab_size=vocab, **special, **s))
+    model = Qwen3ForCausalLM(Qwen3Config(vocab_size=vocab, **special, **s))
+    with torch.no_grad():  # random q/k norm weights (1.0 at init would not test that they are exported or used)
+        for layer in model.model.layers:
+            layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
+            layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
+    return model
 
 
 def _gpt2(vocab: int, special: dict[str, Any], s: dict[str, Any]) -> PreTrainedModel:
@@ -114,3 +119,20 @@ def save_random_llama(
     """
     sizes: dict[str, object] = {"hidden_size": 64, "intermediate_size": 128, **config}
     return save_random_model(out, "llama", tokenizer_texts, vocab_size=vocab_size, seed=seed, **sizes)
+
+
+def save_random_qwen3(
+    out: Path, tokenizer_texts: Sequence[str], vocab_size: int = 320, seed: int = 0, **config: object
+) -> Path:
+    """Like :func:`save_random_llama`, a seeded random ``Qwen3ForCausalLM`` (per-head q/k norms, NeoX rotary): the
+    second architecture the GGUF export maps. Defaults: 1 layer, hidden 256, MLP 256, 2 heads of 128, untied."""
+    sizes: dict[str, object] = {
+        "hidden_size": 256,
+        "intermediate_size": 256,
+        "num_hidden_layers": 1,
+        "num_key_value_heads": 1,
+        "head_dim": 128,
+        "tie_word_embeddings": False,
+        **config,
+    }
+    return save_random_model(out, "qwen3", tokenizer_texts, vocab_size=vocab_size, seed=seed, **sizes)

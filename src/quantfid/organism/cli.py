@@ -5,6 +5,7 @@ quantfid-organism export --from runs/organism                 # copy trained fil
 quantfid-organism eval   [--model organism] [--out DIR]       # per-family accuracy + held-out code perplexity
 quantfid-organism card   [--out DIR]                          # eval + the round-to-nearest sanity sweep
 quantfid-organism cohort-table --kld 8 --acc 20 --sort kld    # the cohort's bits, size, KLD and accuracy table
+quantfid-organism gguf-check --quants gguf_q4_k_m            # quantfid's KLD vs llama.cpp's statistics, same tokens
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tokenizers import Tokenizer
 from quantfid.data.tasks import EVAL_PER_FAMILY
 from quantfid.data.tokenizer import add_bos
 from quantfid.models import ModelLoadError, ModelSpec, load_model, load_reference, load_tokenizer, organism_path
-from quantfid.organism import cohort_table
+from quantfid.organism import cohort_table, gguf_check
 from quantfid.organism.evaluate import heldout_code_perplexity, score_tasks, summarize
 from quantfid.organism.train import TrainConfig, train
 from quantfid.quant.backends.rtn import rtn_quantize_
@@ -154,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=lambda a: cohort_table.main(a.rest))
+    p = sub.add_parser(
+        "gguf-check", help="GGUF quants: quantfid's statistics vs llama.cpp's (see its --help)", add_help=False
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda a: gguf_check.main(a.rest))
     args = parser.parse_args(argv)
     if not 1 <= getattr(args, "per_family", 1) <= EVAL_PER_FAMILY:
         parser.error(f"--per-family must be between 1 and {EVAL_PER_FAMILY} (the held-out prompts per family)")

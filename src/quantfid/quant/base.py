@@ -52,6 +52,22 @@ class BackendResult:
     is_quantized: Callable[[str, nn.Module], bool]
     code_bits: dict[str, int] = field(default_factory=dict)  # module name -> code width, for unpacked code tensors
     storage_bits: Callable[[str, nn.Module], int] | None = None  # override for fake-quant backends (RTN)
+    weights_file: WeightsFile | None = None  # quants whose weights live in a file (GGUF): it accounts and verifies
+
+
+@dataclass
+class WeightsFile:
+    """A quant whose weights live in a file a runtime reads (a GGUF run by llama.cpp has no torch modules at all):
+    the file, not the model object, says which reference Linear was stored how and what it costs.
+
+    ``tensor_types`` maps each reference ``nn.Linear`` name to its stored type (e.g. ``Q4_K``); ``bits_per_weight``
+    and ``model_bytes`` are counted from the file's tensors (quantized Linear weights; the whole model)."""
+
+    path: str
+    tensor_types: dict[str, str]
+    bits_per_weight: float
+    model_bytes: int
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 class BuildFn(Protocol):
@@ -245,19 +261,20 @@ def verify(
     """Check every intended module changed, no other did, and the logits moved; return what was seen."""
     modules = dict(result.model.named_modules())
     ref_linears = set(weight_module_names(reference.model))
-    missing = [t for t in result.targets if t not in modules]
+    in_file = result.weights_file is not None  # weights in a file: is_quantized reads the file (module may be None)
+    missing = [] if in_file else [t for t in result.targets if t not in modules]
     if missing:
         raise QuantVerificationError(f"quant={cfg.name!r}: intended modules missing after load: {missing[:5]}")
-    unchanged = [t for t in result.targets if not result.is_quantized(t, modules[t])]
+    unchanged = [t for t in result.targets if not result.is_quantized(t, modules.get(t))]
     if unchanged:
         raise QuantVerificationError(
             f"quant={cfg.name!r} (backend {cfg.backend!r}): {len(unchanged)} of {len(result.targets)} intended "
             f"modules of {architecture(reference.model)} were left in full precision (silent fallback), e.g. "
-            f"{unchanged[:4]}; classes {sorted({type(modules[t]).__name__ for t in unchanged})}; the model's weight "
-            f"modules: {module_classes(reference.model)}"
+            f"{unchanged[:4]}; classes {sorted({type(modules.get(t)).__name__ for t in unchanged})}; the model's "
+            f"weight modules: {module_classes(reference.model)}"
         )
     skipped = sorted(ref_linears - set(result.targets))
-    leaked = [s for s in skipped if s in modules and result.is_quantized(s, modules[s])]
+    leaked = [s for s in skipped if (in_file or s in modules) and result.is_quantized(s, modules.get(s))]
     if leaked:
         raise QuantVerificationError(f"quant={cfg.name!r}: modules meant to be skipped were quantized: {leaked[:4]}")
     try:
@@ -283,7 +300,12 @@ def verify(
             f"(weight modules {module_classes(reference.model)}) but the logits differ: the backend replaced modules "
             "quantfid does not count as targets"
         )
-    classes = Counter(f"{type(modules[t]).__name__}/{_weight_type(modules[t])}" for t in result.targets)
+    classes = Counter(
+        f"{type(result.model).__name__}/{result.weights_file.tensor_types[t]}"
+        if result.weights_file is not None
+        else f"{type(modules[t]).__name__}/{_weight_type(modules[t])}"
+        for t in result.targets
+    )
     return {
         "n_intended": len(result.targets),
         "n_quantized": len(result.targets) - len(unchanged),
@@ -299,6 +321,9 @@ def verify(
 
 def account(result: BackendResult, reference: Reference) -> tuple[float, int, dict[str, Any]]:
     """(effective bits per quantized weight, model bytes, details) from the tensors the quant holds."""
+    if result.weights_file is not None:  # counted from the file's own tensors (its block formats, as stored)
+        wf = result.weights_file
+        return wf.bits_per_weight, wf.model_bytes, dict(wf.details)
     modules = dict(result.model.named_modules())
     ref_modules = dict(reference.model.named_modules())
     code_bits = {t: (ref_modules[t].weight.numel(), result.code_bits[t]) for t in result.code_bits}

@@ -7,6 +7,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -135,18 +136,47 @@ def quant_fingerprint(cfg: QuantConfig | Mapping[str, Any], reference_fingerprin
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+# conf/quant/_<name>.yaml is a base other configs extend (``defaults: [_<name>, _self_]``, as Hydra composes them):
+# not a quant itself
+BASE_PREFIX = "_"
+
+
 def available_quant_configs() -> list[str]:
-    return sorted(p.stem for p in (conf_dir() / "quant").glob("*.yaml"))
+    return sorted(p.stem for p in (conf_dir() / "quant").glob("*.yaml") if not p.stem.startswith(BASE_PREFIX))
 
 
-def load_quant_config(name: str) -> dict[str, Any]:
-    """Read ``conf/quant/<name>.yaml`` as a plain dict (validated, not resolved: the file's own keys)."""
-    path = conf_dir() / "quant" / f"{name}.yaml"
-    if not path.is_file():
-        raise QuantConfigError(f"quant={name!r}: no {path}; available configs: {available_quant_configs()}")
+def _read_quant_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The file's keys merged over the bases its ``defaults`` list names (Hydra's order: ``_self_`` last unless
+    placed), so ``load_quant_config`` and ``quantfid-sweep quant=<name>`` see the same config."""
+    if path in seen:
+        raise QuantConfigError(f"{path}: its defaults list includes itself ({' -> '.join(p.stem for p in seen)})")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise QuantConfigError(f"{path} must hold a mapping with 'name' and 'backend'")
+    defaults = data.pop("defaults", None)
+    if not defaults:
+        return data
+    if not isinstance(defaults, list) or not all(isinstance(d, str) for d in defaults):
+        raise QuantConfigError(f"{path}: 'defaults' must be a list of base config names (e.g. [_gguf_base, _self_])")
+    order = defaults if "_self_" in defaults else [*defaults, "_self_"]
+    merged = OmegaConf.create()
+    for entry in order:
+        if entry == "_self_":
+            merged = OmegaConf.merge(merged, data)
+            continue
+        base = path.parent / f"{entry}.yaml"
+        if not base.is_file():
+            raise QuantConfigError(f"{path}: defaults entry {entry!r} has no {base}")
+        merged = OmegaConf.merge(merged, _read_quant_yaml(base, (*seen, path)))
+    return OmegaConf.to_container(merged, resolve=True)
+
+
+def load_quant_config(name: str) -> dict[str, Any]:
+    """Read ``conf/quant/<name>.yaml`` as a plain dict (its bases merged in; validated, not resolved)."""
+    path = conf_dir() / "quant" / f"{name}.yaml"
+    if name.startswith(BASE_PREFIX) or not path.is_file():
+        raise QuantConfigError(f"quant={name!r}: no {path}; available configs: {available_quant_configs()}")
+    data = _read_quant_yaml(path)
     data.setdefault("name", name)
     validate_quant_config(data)
     return data

@@ -1,0 +1,101 @@
+"""Cross-check: quantfid's fidelity numbers for a GGUF quant against llama.cpp's own statistics, on the same tokens.
+
+``quantfid-organism gguf-check --quants gguf_q8_0 gguf_q4_k_m gguf_q2_k`` measures each quant (runtime llama_cpp)
+twice on the same windows of the same corpus:
+
+- **quantfid**: the fidelity stage (``measure``) against the cached torch reference, exact full-vocabulary
+  log-probabilities (``fidelity.exact=true``), float64;
+- **llama.cpp**: ``llama-perplexity --kl-divergence``'s statistics as its source computes them
+  (:mod:`quantfid.quant.gguf.llama_stats`): the base run is the F32 GGUF through llama.cpp's kernels, stored in 16
+  bits per token; the quant run through the same kernels. The printed log goes through the ``--kld-log`` import
+  (:func:`quantfid.analysis.external.parse_kld_log`), as a real llama-perplexity log would.
+
+The perplexity tool itself is not built by llama-cpp-python; the logits come from the same llama.cpp library it
+links. The difference between the two columns is the effect of llama.cpp's 16-bit base storage (and of float32
+sums), which the table states per statistic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from quantfid.analysis.external import parse_kld_log
+from quantfid.api.paths import cache_dir
+from quantfid.fidelity import FidelitySettings, get_or_build, measure
+from quantfid.models.loading import ModelSpec, load_reference
+from quantfid.quant import load_quant_config, quantize
+from quantfid.quant.gguf.llama_stats import format_log, kld_sums
+from quantfid.quant.gguf.quantize import source_file
+from quantfid.quant.gguf.runtime import LlamaCppModel
+
+COMPARED = ("kld_mean", "top1_agree", "ln_ppl_ratio")
+
+
+def crosscheck(spec: ModelSpec, quants: list[str], settings: FidelitySettings) -> list[dict[str, float | str]]:
+    """One row per quant: each statistic from quantfid, from llama.cpp's formulas, and llama.cpp's standard error."""
+    reference = load_reference(spec)
+    cache = get_or_build(reference.model, reference.tokenizer, settings, reference.fingerprint, cache_dir())
+    tokens, lengths = np.asarray(cache.array("tokens")), np.asarray(cache.array("lengths"))
+    windows = [tokens[i, : lengths[i]] for i in range(cache.n_windows)]
+    base = LlamaCppModel(source_file(reference, "F32"), reference.model.config)
+    base_logits = [base.sequence_logits(w.tolist()) for w in tqdm(windows, desc="llama.cpp base", leave=False)]
+    del base
+    rows = []
+    for name in quants:
+        q = quantize(spec, load_quant_config(name), reference)
+        if not isinstance(q.model, LlamaCppModel):
+            raise SystemExit(f"error: quant={name!r} does not run on llama.cpp (runtime must be llama_cpp)")
+        ours = measure(q.model, cache, tokenizer=reference.tokenizer, progress=False)
+        if not ours.ok:
+            raise SystemExit(f"error: quant={name!r}: {ours.error}")
+        quant_logits = [q.model.sequence_logits(w.tolist()) for w in tqdm(windows, desc=name, leave=False)]
+        theirs = parse_kld_log(format_log(kld_sums(base_logits, quant_logits, windows)), source=name)
+        row: dict[str, float | str] = {"quant": name, "n_tokens": ours.metrics["fid.n_tokens"]}
+        for stat in COMPARED:
+            row[f"{stat}.quantfid"] = ours.metrics[f"fid.{stat}"]
+            row[f"{stat}.llama_cpp"] = theirs[stat]
+            row[f"{stat}.llama_cpp_se"] = theirs.get(f"{stat}_se", math.nan)
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict[str, float | str]]) -> str:
+    head = ["quant", "tokens"]
+    for stat in COMPARED:
+        head += [f"{stat} quantfid", f"{stat} llama.cpp (± se)", "diff / se"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [f"`{r['quant']}`", f"{int(r['n_tokens'])}"]
+        for stat in COMPARED:
+            a, b, se = float(r[f"{stat}.quantfid"]), float(r[f"{stat}.llama_cpp"]), float(r[f"{stat}.llama_cpp_se"])
+            cells += [f"{a:.6f}", f"{b:.6f} ± {se:.6f}", f"{(b - a) / se:+.2f}" if se > 0 else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="quantfid-organism gguf-check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quants", nargs="+", default=["gguf_q8_0", "gguf_q4_k_m", "gguf_q2_k"])
+    parser.add_argument("--model", default="organism")
+    parser.add_argument("--corpus", default="code")
+    parser.add_argument("--context", type=int, default=256)
+    parser.add_argument("--max-tokens", type=int, default=8192)
+    parser.add_argument("--out", default=None, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    settings = FidelitySettings(corpus=args.corpus, context=args.context, max_tokens=args.max_tokens, exact=True)
+    rows = crosscheck(ModelSpec(args.model), args.quants, settings)
+    print(markdown(rows))
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
