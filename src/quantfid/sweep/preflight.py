@@ -183,7 +183,7 @@ def check_quant(quant_cfg: Mapping[str, Any], quant_name: str, model_cfg: Mappin
 
 
 def check_fidelity(fidelity_cfg: Mapping[str, Any], model_config: Any) -> None:
-    from quantfid.fidelity import FidelityError, FidelitySettings
+    from quantfid.fidelity import FidelityError, FidelitySettings, check_corpus
 
     limit = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
     context = fidelity_cfg.get("context")
@@ -193,8 +193,20 @@ def check_fidelity(fidelity_cfg: Mapping[str, Any], model_config: Any) -> None:
             f"fidelity.context<={limit}"
         )
     try:
-        FidelitySettings.from_config(fidelity_cfg)
+        settings = FidelitySettings.from_config(fidelity_cfg)
+        check_corpus(settings.corpus, max_tokens=settings.max_tokens)  # readable, right field, not empty
     except (FidelityError, TypeError) as err:
+        raise PreflightError(str(err)) from None
+
+
+def check_corpus_windows(fidelity_cfg: Mapping[str, Any], tokenizer: Any) -> None:
+    """The corpus holds at least one window of ``fidelity.context`` tokens under the reference's tokenizer."""
+    from quantfid.fidelity import FidelityError, FidelitySettings, check_corpus
+
+    settings = FidelitySettings.from_config(fidelity_cfg)
+    try:
+        check_corpus(settings.corpus, tokenizer, context=settings.context, max_tokens=settings.max_tokens)
+    except FidelityError as err:
         raise PreflightError(str(err)) from None
 
 
@@ -329,14 +341,23 @@ def preflight(cfg: DictConfig, multirun: bool) -> list[Job]:
             check_job(job.cfg, _quant_choice(job.cfg), done)
         except PreflightError as err:
             raise PreflightError(f"{job.label}: {err}") from None
-    seen: list[dict[str, Any]] = []
+    refs: list[tuple[dict[str, Any], Any]] = []
+    windows: list[tuple[Any, Any]] = []
     for job in jobs:  # usually one reference for the whole sweep
         model_cfg = _container(job.cfg.model)
-        if model_cfg not in seen:
-            seen.append(model_cfg)
-            check_reference(model_cfg)
+        ref = next((r for m, r in refs if m == model_cfg), None)
+        if ref is None:
+            ref = check_reference(model_cfg)
+            refs.append((model_cfg, ref))
+        fidelity_cfg = _container(job.cfg.fidelity) if job.cfg.get("fidelity") is not None else None
+        if fidelity_cfg is not None and (fidelity_cfg, model_cfg) not in windows:
+            windows.append((fidelity_cfg, model_cfg))
+            try:
+                check_corpus_windows(fidelity_cfg, ref.tokenizer)
+            except PreflightError as err:
+                raise PreflightError(f"{job.label}: {err}") from None
     log.info(
-        "preflight: %d job(s) checked, %d reference(s) loaded and probed in %.1f s", len(jobs), len(seen),
+        "preflight: %d job(s) checked, %d reference(s) loaded and probed in %.1f s", len(jobs), len(refs),
         time.perf_counter() - started,
     )  # fmt: skip
     return jobs

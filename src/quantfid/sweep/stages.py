@@ -83,6 +83,15 @@ class BrokenQuantError(RuntimeError):
     """The fidelity stage found the quant broken (NaN/inf logits): the job is recorded FAILED with this message."""
 
 
+def corpus_stage(fidelity_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The job's corpus, checked before its run starts (readable, right field, not empty): its label, its resolved
+    spec (JSON) and its content hash, which go into the run's params and identity. Raises ``FidelityError``."""
+    settings = FidelitySettings.from_config(dict(fidelity_cfg))
+    spec = check_corpus(settings.corpus, max_tokens=settings.max_tokens)
+    sha = spec.pop("sha256")
+    return {"corpus": spec["name"], "corpus_source": json.dumps(spec, sort_keys=True), "corpus_sha256": sha}
+
+
 def share_client(job: Mapping[str, Any], tracking_uri: str) -> Any:
     """The MLflow client reference artifacts are shared through, or None. ``tracking.share_reference``: true, false
     or ``auto`` (default: on for a server or database store, where teammates are; off for a local sqlite file)."""
@@ -91,15 +100,6 @@ def share_client(job: Mapping[str, Any], tracking_uri: str) -> Any:
     mode = str((job.get("tracking") or {}).get("share_reference", "auto")).lower()
     on = mode in ("true", "1", "yes") or (mode == "auto" and not tracking_uri.startswith("sqlite:"))
     return mlflow.MlflowClient(tracking_uri) if on else None
-
-
-def corpus_stage(fidelity_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The job's corpus, checked before its run starts (readable, right field, not empty): its label, its resolved
-    spec (JSON) and its content hash, which go into the run's params and identity. Raises ``FidelityError``."""
-    settings = FidelitySettings.from_config(dict(fidelity_cfg))
-    spec = check_corpus(settings.corpus, max_tokens=settings.max_tokens)
-    sha = spec.pop("sha256")
-    return {"corpus": spec["name"], "corpus_source": json.dumps(spec, sort_keys=True), "corpus_sha256": sha}
 
 
 def measure_fidelity_stage(
@@ -168,8 +168,9 @@ def bench_stage(
     chat = bool(bench_cfg.get("chat_template", False))
     paths = []
     if client is not None and quant.is_reference:
-        limit = _limit(bench_cfg)
-        paths = [outcome_cache_path(quant.fingerprint, load_task(t), limit, None, cache_dir, chat) for t in tasks]
+        paths = [
+            outcome_cache_path(quant.fingerprint, load_task(t), _limit(bench_cfg), None, cache_dir, chat) for t in tasks
+        ]
         for path in paths:
             if not path.is_file():
                 fetch_file(client, S.ROLE_REFOUTCOMES, _share_key(path, cache_dir), path)
