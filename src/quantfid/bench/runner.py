@@ -137,12 +137,16 @@ def run_task(
     *,
     max_prompts: int | None = None,
     context_limit: int | None = None,
+    prompts: list[Prompt] | None = None,
 ) -> pd.DataFrame:
-    """Outcomes of one loaded task (see :func:`run_tasks`)."""
-    if task.source["type"] == "lm_eval":
+    """Outcomes of one loaded task (see :func:`run_tasks`); ``prompts`` replaces the task's evaluation prompts (the
+    calibration prompts of quantfid.bench.calibration are scored this way, with the task's own scoring)."""
+    if task.source["type"] == "lm_eval" and prompts is None:
         return run_lm_eval_task(model, tokenizer, task, max_prompts=max_prompts)
+    if task.source["type"] == "lm_eval" and task.scoring.type == "lm_eval":
+        raise TaskConfigError(f"task {task.name!r}: lm-eval scoring runs inside lm-eval, not on given prompts")
     limit = context_limit or context_limit_of(model, tokenizer)
-    prompts = load_prompts(task, max_prompts)
+    prompts = load_prompts(task, max_prompts) if prompts is None else prompts
     if task.scoring.type == "choice":
         choice_lens = [
             max(len(ids) for ids in tokenizer(list(p.choices), add_special_tokens=False)["input_ids"]) for p in prompts
