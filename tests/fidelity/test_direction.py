@@ -20,6 +20,7 @@ from quantfid.fidelity.direction import (
     per_prompt,
     tokenize_items,
 )
+from quantfid.fidelity.measure import per_prompt_fidelity
 from quantfid.fidelity.settings import FidelityError
 
 ITEMS = [
@@ -236,3 +237,28 @@ def test_bad_input_is_a_clear_error(reference):
         behavioural_metrics([True], [True, False])
     with pytest.raises(FidelityError, match="confident"):
         per_prompt(reference.model, reference.model, tokenize_items(ITEMS, reference.tokenizer), confident=1.5)
+
+
+def test_per_prompt_labelfree_columns_match_numpy(reference, perturbed):
+    quant = perturbed(reference.model, scale=0.3)
+    tok = reference.tokenizer
+    prompts = [it.prompt for it in ITEMS]
+    completions = [it.reference_output for it in ITEMS]
+    got = per_prompt_fidelity(reference.model, quant, tok, prompts, completions, batch_size=4, confident=0.5)
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        c_ids = tok(c, add_special_tokens=False)["input_ids"]
+        if not c_ids:
+            assert np.isnan(got["dir_expected_netflip"][i]) and np.isnan(got["ctl_js_refcont"][i])
+            continue
+        p_ids = tok(p)["input_ids"]
+        rows = slice(len(p_ids) - 1, len(p_ids) - 1 + len(c_ids))
+        lp, lq = _np_lp(reference.model, p_ids + c_ids)[rows], _np_lp(quant, p_ids + c_ids)[rows]
+        kl = _np_kl(lp, lq)
+        conf = math.exp(sum(lp[t, tok_] for t, tok_ in enumerate(c_ids)))
+        m_log = np.log(0.5 * (np.exp(lp) + np.exp(lq)))
+        js = (0.5 * _np_kl(lp, m_log) + 0.5 * _np_kl(lq, m_log)).mean()
+        dis = any(lq[t].argmax() != lp[t].argmax() and np.exp(lp[t].max()) >= 0.5 for t in range(len(lp)))
+        assert got["kld_completion"][i] == pytest.approx(kl.mean(), rel=1e-4, abs=1e-7)
+        assert got["dir_expected_netflip"][i] == pytest.approx(kl.mean() * (1 - 2 * conf), rel=1e-4, abs=1e-7)
+        assert got["ctl_js_refcont"][i] == pytest.approx(js, rel=1e-4, abs=1e-7)
+        assert got["dir_confident_disagree"][i] == float(dis)

@@ -370,37 +370,14 @@ def measure_direction(
     return aggregate_direction(pp), pp
 
 
-# The per-prompt label-free columns the sweep adds to the outcome table (evaluation prompts; no gold answer used).
-def labelfree_columns(
-    reference: torch.nn.Module,
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    reference_completions: Sequence[str],
-    *,
-    confident: float = 0.5,
-    batch_size: int = 32,
-    progress: bool = True,
-) -> dict[str, np.ndarray]:
-    """Per prompt, from the reference's own completion teacher-forced into both models (no gold answer):
-    ``dir_expected_netflip`` (mean KL x (1 - 2 x the reference's probability of its completion)),
-    ``dir_confident_disagree`` (1.0 / 0.0) and ``ctl_js_refcont``. NaN where the completion is empty."""
-    if len(prompts) != len(reference_completions):
-        raise FidelityError(f"{len(prompts)} prompts but {len(reference_completions)} reference completions")
-    p_ids = tokenizer(list(prompts))["input_ids"]
-    keep = [i for i, c in enumerate(reference_completions) if c]
-    c_ids = tokenizer([reference_completions[i] for i in keep], add_special_tokens=False)["input_ids"] if keep else []
-    items = [TokenItem(tuple(p_ids[i]), (), -1, tuple(c), False) for i, c in zip(keep, c_ids, strict=True)]
-    items = [it for it in items if it.refcont]
-    n = len(prompts)
-    out = {k: np.full(n, math.nan) for k in ("dir_expected_netflip", "dir_confident_disagree", "ctl_js_refcont")}
-    if not items:
-        return out
-    idx = np.array([i for i, c in zip(keep, c_ids, strict=True) if c])
-    pp = per_prompt(
-        reference, model, items, pad=pad_id(tokenizer), confident=confident, batch_size=batch_size, progress=progress
-    )
-    out["dir_expected_netflip"][idx] = pp.displacement * (1.0 - 2.0 * pp.confidence)
-    out["dir_confident_disagree"][idx] = pp.confident_disagree.astype(np.float64)
-    out["ctl_js_refcont"][idx] = pp.js
-    return out
+def labelfree_from_rows(
+    lp: torch.Tensor, lq: torch.Tensor, cont: Sequence[int], confident: float = 0.5
+) -> tuple[float, float, float]:
+    """Per-prompt label-free columns from the reference's and the quant's log-prob rows at the positions that predict
+    the reference's own completion ``cont``: (expected net flip = mean KL x (1 - 2 x p_ref(completion)), confident
+    disagreement 1.0/0.0, mean Jensen-Shannon). Used on the evaluation prompts (api.schema.DIRECTION_COLUMNS)."""
+    kl = kl_divergence(lp, lq)
+    conf = math.exp(float(lp.gather(-1, torch.tensor(list(cont), dtype=torch.long)[:, None]).sum()))
+    top_prob, arg_p = lp.max(-1)
+    dis = bool(((lq.argmax(-1) != arg_p) & (top_prob.exp() >= confident)).any())
+    return float(kl.mean()) * (1.0 - 2.0 * conf), float(dis), float(_js(lp, lq).mean())

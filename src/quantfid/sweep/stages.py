@@ -21,8 +21,9 @@ from quantfid.bench import cached_outcomes
 from quantfid.bench.cache import outcome_cache_path
 from quantfid.bench.calibration import calibration_instances, calibration_outcomes
 from quantfid.bench.registry import load_task
-from quantfid.fidelity import measure_setting, per_prompt_kld
-from quantfid.fidelity.direction import CalibrationItem, behavioural_metrics, labelfree_columns, measure_direction
+from quantfid.fidelity import measure_setting
+from quantfid.fidelity.direction import CalibrationItem, behavioural_metrics, measure_direction
+from quantfid.fidelity.measure import per_prompt_fidelity
 from quantfid.models.loading import ModelSpec, Reference, load_reference
 from quantfid.quant import QuantConfigError, QuantizedModel, quantize, reference_quant, validate_quant_config
 
@@ -160,22 +161,16 @@ def per_prompt_kld_stage(
         return pd.read_parquet(path)
     ref_out = bench_stage(ref, reference_quant(ref), bench_cfg, cache_dir)
     completions = out["prompt_hash"].map(ref_out.drop_duplicates("prompt_hash").set_index("prompt_hash")["output"])
-    pairs = per_prompt_kld(
-        ref.model, quant.model, ref.tokenizer, out["prompt"].tolist(), completions.fillna("").astype(str).tolist()
+    cols = per_prompt_fidelity(
+        ref.model,
+        quant.model,
+        ref.tokenizer,
+        out["prompt"].tolist(),
+        completions.fillna("").astype(str).tolist(),
+        confident=None if labelfree is None else labelfree["confident"],
     )
-    out["kld_prompt"] = [p for p, _ in pairs]
-    out["kld_completion"] = [c for _, c in pairs]
-    if labelfree is not None:
-        cols = labelfree_columns(
-            ref.model,
-            quant.model,
-            ref.tokenizer,
-            out["prompt"].tolist(),
-            completions.fillna("").astype(str).tolist(),
-            confident=labelfree["confident"],
-        )
-        for k, v in cols.items():
-            out[k] = v
+    for k, v in cols.items():
+        out[k] = v
     write_parquet_atomic(out, path)
     return out
 
