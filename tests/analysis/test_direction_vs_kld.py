@@ -3,6 +3,8 @@ beats KLD inside the zone, one built to carry only volume does not; the prompt-l
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from scipy import stats
 from quantfid.analysis.analyze import AnalysisConfig, analyze
 from quantfid.analysis.cohort import Cohort
 from quantfid.analysis.direction_vs_kld import BEATS, NO_EVIDENCE, WORSE, direction_vs_kld, weighted_auroc
+from quantfid.analysis.report import write_report
 from quantfid.analysis.silent import SilentZoneConfig
 from quantfid.analysis.synthetic import make_flip_cohort
 from quantfid.api.variants import PRIMARY_VARIANT, calibration_variant_name
@@ -93,11 +96,18 @@ def test_weighted_auroc_matches_mann_whitney_with_ties():
     assert weighted_auroc(s, y, w[None].astype(float))[0] == pytest.approx(u_w)
 
 
-def test_the_section_is_in_the_summary_and_absent_without_direction_metrics():
+def test_the_section_is_in_the_summary_and_report_and_absent_without_direction_metrics(tmp_path):
     coh = _cohort(seed=1, n_quants=12, n_prompts=300)
-    res = analyze(coh, AnalysisConfig(n_boot=50, crossfit_splits=2, reliability_splits=4, progress=False))
+    truth = pd.Series({q: float(coh.table.at[q, DIR]) for q in coh.quants})  # a noise-free score ranking
+    res = analyze(coh, AnalysisConfig(n_boot=50, crossfit_splits=2, reliability_splits=4, progress=False), truth)
     sec = res.summary["direction_vs_kld"]
     assert sec["baseline"] == PRIMARY_VARIANT and {r["metric"] for r in sec["cohort"]} >= {DIR, VOL, CTL}
+    truth_rows = {r["metric"]: r for r in sec["truth"]["rows"]}
+    assert truth_rows[DIR]["abs_rho_metric"] == pytest.approx(1.0)
+    paths = write_report(res, tmp_path)
+    text = paths["report"].read_text() if "report" in paths else (tmp_path / "report.html").read_text()
+    assert "Direction-aware metrics against KLD (pre-registered)" in text and DIR in text
+    assert json.loads((tmp_path / "summary.json").read_text())["direction_vs_kld"]["baseline"] == PRIMARY_VARIANT
     plain = make_flip_cohort({f"q{i}": (0.01 * i, 0.01) for i in range(5)}, n_prompts=100)
     assert analyze(plain, AnalysisConfig(n_boot=20, crossfit_splits=2, reliability_splits=4,
                                          progress=False)).summary["direction_vs_kld"] is None  # fmt: skip
