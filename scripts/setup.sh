@@ -4,8 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-# System packages for team mode (PostgreSQL) and the MLflow UI screenshot (Chromium); idempotent.
-bash scripts/install_system_deps.sh
+# System packages for team mode (PostgreSQL) and the MLflow UI screenshot (Chromium): only the tests need them, so
+# only QUANTFID_SYSTEM_DEPS=1 (scripts/test.sh sets it) installs them; the main job (scripts/main.sh) does not.
+if [ "${QUANTFID_SYSTEM_DEPS:-0}" = "1" ]; then
+  bash scripts/install_system_deps.sh
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

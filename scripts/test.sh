@@ -3,7 +3,7 @@
 # (lint-imports, contracts in pyproject.toml), then pytest (slow tests included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+QUANTFID_SYSTEM_DEPS=1 bash scripts/setup.sh   # the tests also need PostgreSQL (team mode) and Chromium (UI check)
 .venv/bin/ruff check .
 .venv/bin/lint-imports
 .venv/bin/python -m pytest -q "$@"

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from quantfid.tracking.team import free_port, stop_process_group, wait_healthy
+from quantfid.tracking.ui import experiment_url, runs_url
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -282,6 +283,34 @@ def drive_compare_page(browser: Chromium, url: str, run_names: list[str], x: str
     }
 
 
+def drive_experiment_page(
+    browser: Chromium, uri: str, exp_id: str, run_ids: list[str], run_names: list[str], timeout: float
+) -> dict:
+    """Open the experiment from a fresh profile, first by its bare address (``#/experiments/<id>``: MLflow 3.17 opens
+    the GenAI overview there whatever the experiment's kind tag says, because a fresh browser's workflow type is
+    GenAI), then by the link quantfid prints (``experiment_url``: the runs table); then open the sweep's runs link and
+    check that it lists the sweep's job runs by name."""
+
+    def land(url: str) -> str:
+        browser.send("Page.navigate", {"url": url})
+        browser.wait_for("location.hash.split('?')[0].split('/').length > 3", timeout, f"a view of {url}")
+        time.sleep(2.0)  # the redirect to the default tab follows the experiment's fetch
+        return browser.js("location.hash.split('?')[0]")
+
+    bare = land(f"{uri}/#/experiments/{exp_id}")
+    landed = land(experiment_url(uri, exp_id))
+    browser.send("Page.navigate", {"url": runs_url(uri, exp_id, run_ids=run_ids)})
+    names = " && ".join(f"{PAGE_TEXT}.includes({json.dumps(n)})" for n in run_names)
+    browser.wait_for(names, timeout, "every job run in the runs table")
+    close_assistant = "document.querySelector('[data-component-id=\"mlflow.assistant.chat_panel.close\"]')"
+    if browser.js(f"!!{close_assistant}"):  # the assistant side panel takes a third of the width
+        browser.click(close_assistant)
+        browser.wait_for(f"!{close_assistant}", timeout, "the assistant panel closed")
+    time.sleep(1.0)
+    shown = [n for n in run_names if n in browser.js(PAGE_TEXT)]
+    return {"bare_url_landed_on": bare, "landed_on": landed, "runs_link_names_on_page": shown}
+
+
 def png_facts(path: Path, plot_box: list[float] | None = None) -> dict:
     """Size and colour count of the PNG (a blank or error page has a handful of colours, the compare view thousands),
     and how many saturated pixels lie inside the plot area: the scatter is WebGL, so its markers exist only as pixels
@@ -342,7 +371,12 @@ def run(
                 with chromium(chromium_bin) as browser:
                     groups = [server_group, browser.proc.pid]
                     try:
-                        page = drive_compare_page(browser, url, [r["name"] for r in runs], x, y, timeout)
+                        names = [r["name"] for r in runs]
+                        experiment_page = drive_experiment_page(
+                            browser, uri, exp_id, [r["id"] for r in runs], names, timeout
+                        )
+                        browser.screenshot(out.with_name(out.stem + "_runs.png"))
+                        page = drive_compare_page(browser, url, names, x, y, timeout)
                     except BaseException:  # what the page looked like is the diagnosis
                         browser.screenshot(out)
                         out.with_suffix(".html").write_text(browser.js("document.documentElement.outerHTML") or "")
@@ -355,8 +389,10 @@ def run(
     facts = {"png": str(out), **png_facts(out, plot_box), "runs": len(runs), "plottable_runs": plottable, "url": url}
     if max_png_bytes:  # the checks are on the rendering; the palette copy only has to be small
         shrink_png(out, max_png_bytes)
+        shrink_png(out.with_name(out.stem + "_runs.png"), max_png_bytes)
         facts["bytes"] = out.stat().st_size
     facts.update(page)
+    facts.update(experiment_page)
     facts["process_groups"] = groups  # all stopped by now: the test checks that nothing of them is left
     facts["checks"] = {
         "all_run_names_on_page": len(page["run_names_on_page"]) == len(runs),
@@ -365,6 +401,8 @@ def run(
         "one_point_per_run": len(page["scatter_points"]) == plottable > 0,
         "png_is_a_rendering": facts["bytes"] > 20_000 and facts["colours"] >= 200,
         "markers_drawn_in_plot": facts["plot_marker_pixels"] >= 20 * min(plottable, 5),
+        "experiment_opens_on_runs_table": experiment_page["landed_on"].endswith("/runs"),
+        "runs_link_lists_every_run": len(experiment_page["runs_link_names_on_page"]) == len(runs),
     }
     facts["ok"] = all(facts["checks"].values())
     return facts

@@ -100,7 +100,36 @@ def test_lm_eval_tasks_become_outcome_rows(tiny, lm_eval_dir, monkeypatch):
     monkeypatch.setenv("QUANTFID_TASK_PATH", str(where / "registry"))
     via_registry = run_tasks(model, tok, ["mc"], max_prompts=4)
     assert via_registry["task"].eq("local/lm_mc").all() and via_registry["task_version"].eq(3).all()
-    assert via_registry["passed"].tolist() == mc["passed"].tolist()[:4]
+    # calibration prompts (the hash split, quantfid.bench.calibration) are left out of the evaluation rows
+    kept = mc.set_index("prompt_id").loc[via_registry["prompt_id"], "passed"]
+    assert via_registry["passed"].tolist() == kept.tolist()
+
+
+@pytest.mark.slow
+def test_lm_eval_calibration_prompts_are_the_hash_split(tiny, lm_eval_dir, monkeypatch):
+    from quantfid.bench.calibration import calibration_instances
+
+    model, tok = tiny
+    where, rows = lm_eval_dir
+    (where / "registry").mkdir()
+    (where / "registry" / "mc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "local/lm_mc",
+                "version": 1,
+                "source": {"type": "lm_eval", "task": "qf_mc", "include_path": str(where), "calibration_fraction": 0.5},
+                "scoring": {"type": "lm_eval", "metric": "acc"},
+            }
+        )
+    )
+    monkeypatch.setenv("QUANTFID_TASK_PATH", str(where / "registry"))
+    cal = calibration_instances("mc")
+    evaluation = run_tasks(model, tok, ["mc"])
+    assert cal and len(cal) + len(evaluation) == len(rows)
+    assert not {p.prompt_hash for p in cal} & set(evaluation["prompt_hash"])
+    assert {p.text for p in cal} | set(evaluation["prompt"]) == {r["question"] for r in rows}
+    by_q = {r["question"]: r for r in rows}
+    assert all(p.choices[p.answer_index] == " " + by_q[p.text]["answer"] for p in cal)
 
 
 @pytest.mark.slow

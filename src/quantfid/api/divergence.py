@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import torch
 
+#: The precision of every log-softmax quantfid computes, whatever the model's dtype: a bfloat16 or float16
+#: reference's logits are upcast before normalising (recorded in each run as ``fidelity.logprob_dtype``).
+LOGPROB_DTYPE = "float64"
+
 
 def log_probs(logits: torch.Tensor) -> torch.Tensor:
     """float64 log-softmax rounded through float32: the one definition used by cache and measurement alike."""

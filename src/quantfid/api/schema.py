@@ -28,6 +28,20 @@ TAG_EXPERIMENT = "quantfid.experiment"
 TAG_ERROR = "quantfid.error"
 TAG_JOBS_PREFIX = "quantfid.jobs."
 TAG_SYNTHETIC = "quantfid.synthetic"
+#: Who runs a job or a sweep (``host:pid:process-start``) and when it last said so (unix seconds): a RUNNING run whose
+#: owner is gone, or whose heartbeat is older than the claim timeout, is dead and is marked KILLED (tracking.claims).
+TAG_OWNER = "quantfid.owner"
+TAG_HEARTBEAT = "quantfid.heartbeat"
+#: Why a run was ended by someone else than its owner (a dead claim taken over, a lost claim race).
+TAG_ENDED_BY = "quantfid.ended_by"
+#: The key a sweep invocation shares with a rerun of the same command (preset + overrides + store): the next invocation
+#: of the same sweep marks a parent left RUNNING by SIGKILL as KILLED.
+TAG_SWEEP_KEY = "quantfid.sweep_key"
+#: MLflow's experiment tag that picks the experiment page's default view; :data:`EXPERIMENT_KIND` is its model-training
+#: value (mlflow/utils/mlflow_tags.py, MLflow 3.17), which opens the page on the runs table instead of the GenAI
+#: overview.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 # ---- roles (the ``quantfid.role`` tag)
 ROLE_SWEEP = "sweep"
@@ -35,13 +49,20 @@ ROLE_REFERENCE = "reference"
 ROLE_QUANT = "quant"
 ROLE_ANALYSIS = "analysis"
 ROLE_REFCACHE = "refcache"
+#: A reference outcome table published for teammates (tracking.shared): runs in :data:`SHARED_EXPERIMENT`.
+ROLE_REFOUTCOMES = "refoutcomes"
+#: Where reference artifacts (caches, outcome tables) are published in a store.
+SHARED_EXPERIMENT = "quantfid-refcache"
+#: A shared artifact's key (what it is) and the SHA-256 of its content (checked after download).
+TAG_SHARE_KEY = "quantfid.share_key"
+TAG_SHARE_SHA256 = "quantfid.share_sha256"
 #: Roles whose runs make up a cohort (one row per quant; the reference is the anchor).
 COHORT_ROLES = (ROLE_QUANT, ROLE_REFERENCE)
 #: The name the reference carries in the ``quantfid.quant_name`` tag and in every cohort table.
 REFERENCE_NAME = "reference"
 
 # ---- params: every key of these config groups, flattened with ``.``
-PARAM_GROUPS = ("model", "quant", "fidelity", "bench")
+PARAM_GROUPS = ("model", "quant", "fidelity", "bench", "direction")
 PARAM_CORPUS = "fidelity.corpus"
 PARAM_CONTEXT = "fidelity.context"
 
@@ -54,6 +75,19 @@ METRIC_MODEL_BYTES = "quant.model_bytes"
 METRIC_JOB_SECONDS = "job.seconds"
 #: What a quant costs to store, logged per run (the analysis draws quality against it).
 QUANT_FACT_METRICS = (METRIC_BITS_PER_WEIGHT, METRIC_MODEL_BYTES)
+#: What a quant costs to run, measured in the job on a fixed workload (quantfid.bench.perf): prompt tokens per second of
+#: the prefill, generated tokens per second of greedy decoding with the KV cache, and the peak memory of the workload
+#: (process RSS high-water mark on CPU, ``torch.cuda.max_memory_allocated`` on CUDA). Fake-quant backends (RTN) run at
+#: full-precision speed on CPU: their perf.* numbers are not deployment speeds.
+PERF_PREFIX = "perf."
+METRIC_PREFILL_TPS = "perf.prefill_tokens_per_s"
+METRIC_DECODE_TPS = "perf.decode_tokens_per_s"
+METRIC_PEAK_MEM = "perf.peak_memory_bytes"
+METRIC_PERF_SECONDS = "perf.seconds"
+PERF_METRICS = (METRIC_PREFILL_TPS, METRIC_DECODE_TPS, METRIC_PEAK_MEM)
+#: Tag: how the peak memory was measured (``rss`` / ``cuda_max_allocated``) and the workload (prompt x new tokens).
+TAG_PERF_MEMORY = "quantfid.perf.memory"
+TAG_PERF_WORKLOAD = "quantfid.perf.workload"
 BENCH_METRIC = re.compile(r"^bench\.(.+)\.(acc|n)$")
 #: The percentiles of the per-token KLD and delta-p distributions logged as ``fid.kld_<name>`` / ``fid.dp_<name>``
 #: (llama.cpp prints the same ones; imported llama.cpp logs take these names): p01 is the 1st percentile, p001 the
@@ -67,6 +101,16 @@ DP_PERCENTILES = {**KLD_PERCENTILES, "p75": 75.0, "p25": 25.0}
 OUTCOMES_ARTIFACT = "outcomes/outcomes.parquet"
 CONFIG_ARTIFACT = "config/resolved.yaml"
 ERROR_ARTIFACT = "error.txt"
+#: The outcome table again as an MLflow table (``mlflow.log_table``): the UI's artifact view shows it prompt by prompt.
+OUTCOMES_TABLE_ARTIFACT = "outcomes/outcomes_table.json"
+#: Columns of that table (the prompt and output text, pass/fail, per-prompt KLD).
+OUTCOMES_TABLE_COLUMNS = ("task", "prompt_id", "prompt", "output", "expected", "passed", "kld_prompt", "kld_completion")
+#: The sweep's parent run: one row per job run of the sweep (name, status, the quant facts, perf.* and fid/bench
+#: headline metrics), CSV.
+COHORT_ARTIFACT = "cohort/cohort.csv"
+#: Run input contexts (``mlflow.log_input``): the fidelity corpus and the benchmark tasks a run used.
+INPUT_CONTEXT_CORPUS = "fidelity_corpus"
+INPUT_CONTEXT_TASK = "bench_task"
 
 # ---- the per-prompt outcome table (``outcomes/outcomes.parquet``)
 #: What the bench stage writes for every prompt, in order.
@@ -75,8 +119,12 @@ OUTCOME_COLUMNS = ("task", "prompt_id", "prompt_hash", "output", "passed", "scor
 EXTRA_COLUMNS = ("task_version", "prompt", "expected", "detail")
 #: Per-prompt fidelity the sweep adds: mean token KLD on the prompt, and teacher-forced on the reference's output.
 FIDELITY_COLUMNS = ("kld_prompt", "kld_completion")
+# ---- direction-aware per-prompt columns (issue 15; docs/fidelity.md): label-free, from the reference's own output
+#: Per prompt, NaN when not measured: expected net flip (KL x (1 - 2 x reference confidence)), confident
+#: disagreement (1/0) and Jensen-Shannon on the reference's completion (the volume control).
+DIRECTION_COLUMNS = ("dir_expected_netflip", "dir_confident_disagree", "ctl_js_refcont")
 #: The logged table's leading columns (then :data:`EXTRA_COLUMNS`).
-LOGGED_OUTCOME_COLUMNS = (*OUTCOME_COLUMNS, *FIDELITY_COLUMNS)
+LOGGED_OUTCOME_COLUMNS = (*OUTCOME_COLUMNS, *FIDELITY_COLUMNS, *DIRECTION_COLUMNS)
 #: The columns the analysis needs of a logged table (the rest of it is for people).
 OUTCOME_KEY_COLUMNS = ("task", "prompt_id", "passed")
 
@@ -109,7 +157,7 @@ def conform_outcomes(outcomes: pd.DataFrame) -> pd.DataFrame:
     df = outcomes.copy()
     if "score" not in df:
         df["score"] = df["passed"].astype(float)
-    for col in FIDELITY_COLUMNS:
+    for col in (*FIDELITY_COLUMNS, *DIRECTION_COLUMNS):
         if col not in df:
             df[col] = math.nan
     missing = [c for c in LOGGED_OUTCOME_COLUMNS if c not in df]

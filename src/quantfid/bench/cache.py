@@ -31,8 +31,9 @@ def outcome_cache_path(
     max_prompts: int | None = None,
     context_limit: int | None = None,
     cache_dir: str | Path | None = None,
+    chat_template: bool = False,
 ) -> Path:
-    key = json.dumps([task.spec_hash, max_prompts, context_limit])
+    key = json.dumps([task.spec_hash, max_prompts, context_limit] + (["chat"] if chat_template else []))
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return root / "bench" / fingerprint / task.name.replace("/", "__") / f"v{task.version}-{digest}.parquet"
@@ -47,6 +48,7 @@ def cached_outcomes(
     max_prompts: int | None = None,
     context_limit: int | None = None,
     cache_dir: str | Path | None = None,
+    chat_template: bool = False,
 ) -> pd.DataFrame:
     """The outcomes of ``model`` on ``task_names`` (the table of ``run_tasks``): read from the cache, computing and
     caching only the missing tasks. ``fingerprint`` identifies the model (the caller vouches for it)."""
@@ -59,11 +61,13 @@ def cached_outcomes(
     tasks = [load_task(n) for n in task_names]  # every task validated before any model work
     frames = []
     for task in tqdm(tasks, desc="tasks", unit="task", leave=False):
-        path = outcome_cache_path(fingerprint, task, max_prompts, context_limit, cache_dir)
+        path = outcome_cache_path(fingerprint, task, max_prompts, context_limit, cache_dir, chat_template)
         if path.is_file():
             frames.append(pd.read_parquet(path))
             continue
-        df = run_task(model, tokenizer, task, max_prompts=max_prompts, context_limit=context_limit)
+        df = run_task(
+            model, tokenizer, task, max_prompts=max_prompts, context_limit=context_limit, chat_template=chat_template
+        )
         write_parquet_atomic(df, path)
         frames.append(df)
     return pd.concat(frames, ignore_index=True)

@@ -17,7 +17,7 @@ import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from quantfid.bench.registry import Task, TaskConfigError
-from quantfid.bench.sources import prompt_hash
+from quantfid.bench.sources import is_calibration, prompt_hash
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,8 @@ def run_lm_eval(
 def run_lm_eval_task(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, *, max_prompts: int | None = None
 ) -> pd.DataFrame:
-    """A registry task of ``source.type: lm_eval``; rows are named after the registry task."""
+    """A registry task of ``source.type: lm_eval``; rows are named after the registry task. Calibration prompts
+    (quantfid.bench.calibration: the hash split) are dropped from the outcomes (``max_prompts`` counts before)."""
     src = task.source
     df = run_lm_eval(
         model,
@@ -138,4 +139,7 @@ def run_lm_eval_task(
     df["task"] = task.name
     df["task_version"] = task.version
     df["prompt_hash"] = [prompt_hash(task.name, p) for p in df["prompt"]]
-    return df
+    keep = [not is_calibration(task, h) for h in df["prompt_hash"]]
+    if not any(keep):
+        raise TaskConfigError(f"task {task.name!r}: every sample is a calibration prompt; lower calibration_fraction")
+    return df[keep].reset_index(drop=True)

@@ -28,6 +28,19 @@ SCORING_TYPES = ("exact", "execute", "choice", "lm_eval")
 NORMALIZATIONS = ("none", "strip", "lower_strip", "collapse_whitespace")
 LENGTH_NORMALIZATIONS = ("none", "tokens", "bytes")
 HARNESSES = ("organism_function", "humaneval")
+#: Tasks that are not organism families (JSONL, HumanEval, lm-eval) give their calibration prompts by a deterministic
+#: split on the prompt hash: a prompt is a calibration prompt when ``u(prompt_hash) < source.calibration_fraction``,
+#: with ``u`` uniform in [0, 1) from SHA-256 of the hash salted with :data:`CALIBRATION_SPLIT` (the split's version).
+#: The evaluation side leaves those prompts out. ``calibration_fraction: 0`` keeps every prompt for evaluation (and
+#: the task then has no calibration prompts).
+CALIBRATION_SPLIT = "calibration-split-v1"
+DEFAULT_CALIBRATION_FRACTION = 0.125
+
+
+def in_calibration_split(prompt_hash: str, fraction: float) -> bool:
+    """Is the prompt with this hash a calibration prompt of a split that gives ``fraction`` of prompts to it?"""
+    digest = hashlib.sha256(f"{CALIBRATION_SPLIT}\x00{prompt_hash}".encode()).hexdigest()
+    return int(digest[:13], 16) / 16**13 < fraction
 
 
 class TaskConfigError(ValueError):
@@ -41,6 +54,7 @@ class Generation:
     max_new_tokens: int = 32
     stop: tuple[str, ...] = ("\n",)
     batch_size: int = 64
+    chat_template: bool = False  # wrap each prompt as one user turn with the tokenizer's chat template (instruct)
 
 
 @dataclass(frozen=True)
@@ -234,6 +248,7 @@ def parse_task(raw: Any, path: Path, default_name: str = "") -> Task:
         max_new_tokens=gen.positive("max_new_tokens", int, 32),
         stop=tuple(stop),
         batch_size=gen.positive("batch_size", int, 64),
+        chat_template=gen.get("chat_template", bool, False),
     )
     gen.done()
     top.done()
@@ -275,6 +290,12 @@ def _parse_source(raw: dict, path: Path) -> dict[str, Any]:
             include = str(path.parent / include)
         out["include_path"] = include
         out["num_fewshot"] = src.get("num_fewshot", (int, type(None)), None)
+    if kind != "organism":  # the organism draws its calibration prompts separately (quantfid.data.tasks)
+        fraction = src.get("calibration_fraction", float, DEFAULT_CALIBRATION_FRACTION)
+        if not 0.0 <= fraction < 1.0:
+            raise src.fail("calibration_fraction", f"must be in [0, 1) (0: no calibration prompts), got {fraction!r}")
+        out["calibration_fraction"] = fraction
+        out["calibration_split"] = CALIBRATION_SPLIT
     src.done()
     return out
 

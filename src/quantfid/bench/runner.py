@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -18,6 +19,7 @@ from quantfid.bench.scoring import choice_loglikelihoods, generate_until
 from quantfid.bench.sources import Prompt, load_prompts
 
 log = logging.getLogger(__name__)
+
 
 class PromptTooLongError(TaskConfigError):
     """A prompt (plus what must follow it) does not fit in the model's context."""
@@ -130,6 +132,17 @@ def _score_choices(
     return outputs, results
 
 
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
+    """``text`` as one user turn under the tokenizer's chat template, ready for the assistant's answer."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise TaskConfigError(
+            "bench.chat_template=true (or a task's generation.chat_template) but the tokenizer has no chat template; "
+            "use an instruct model's tokenizer or set bench.chat_template=false"
+        )
+    messages = [{"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def run_task(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -137,12 +150,22 @@ def run_task(
     *,
     max_prompts: int | None = None,
     context_limit: int | None = None,
+    chat_template: bool = False,
+    prompts: list[Prompt] | None = None,
 ) -> pd.DataFrame:
-    """Outcomes of one loaded task (see :func:`run_tasks`)."""
-    if task.source["type"] == "lm_eval":
+    """Outcomes of one loaded task (see :func:`run_tasks`). ``chat_template`` (or the task's own
+    ``generation.chat_template``) wraps every generation prompt in the tokenizer's chat template; the ``prompt``
+    column then holds the text the model saw, ``prompt_hash`` stays the raw prompt's. ``prompts`` replaces the task's
+    evaluation prompts (the calibration prompts of quantfid.bench.calibration are scored this way, with the task's
+    own scoring)."""
+    if task.source["type"] == "lm_eval" and prompts is None:
         return run_lm_eval_task(model, tokenizer, task, max_prompts=max_prompts)
+    if task.source["type"] == "lm_eval" and task.scoring.type == "lm_eval":
+        raise TaskConfigError(f"task {task.name!r}: lm-eval scoring runs inside lm-eval, not on given prompts")
     limit = context_limit or context_limit_of(model, tokenizer)
-    prompts = load_prompts(task, max_prompts)
+    prompts = load_prompts(task, max_prompts) if prompts is None else prompts
+    if (chat_template or task.generation.chat_template) and task.scoring.type != "choice":
+        prompts = [replace(p, text=chat_prompt(tokenizer, p.text)) for p in prompts]
     if task.scoring.type == "choice":
         choice_lens = [
             max(len(ids) for ids in tokenizer(list(p.choices), add_special_tokens=False)["input_ids"]) for p in prompts
@@ -207,6 +230,7 @@ def run_tasks(
     *,
     max_prompts: int | None = None,
     context_limit: int | None = None,
+    chat_template: bool = False,
 ) -> pd.DataFrame:
     """Run every named task on ``model``: one row per prompt with ``task``, ``prompt_id`` (str), ``prompt_hash``,
     ``output``, ``passed`` (bool), ``score`` (float), then ``quantfid.api.schema.EXTRA_COLUMNS``.
@@ -222,7 +246,9 @@ def run_tasks(
     if tokenizer.pad_token_id is None:
         raise TaskConfigError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to its eos_token)")
     frames = [
-        run_task(model, tokenizer, task, max_prompts=max_prompts, context_limit=context_limit)
+        run_task(
+            model, tokenizer, task, max_prompts=max_prompts, context_limit=context_limit, chat_template=chat_template
+        )
         for task in tqdm(tasks, desc="tasks", unit="task")
     ]
     return pd.concat(frames, ignore_index=True)

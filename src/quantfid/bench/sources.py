@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quantfid.bench.registry import Task, TaskConfigError
+from quantfid.bench.registry import Task, TaskConfigError, in_calibration_split
 from quantfid.data.tasks import heldout_set
 
 
@@ -31,17 +31,29 @@ def prompt_hash(task_name: str, text: str) -> str:
     return hashlib.sha256(f"{task_name}\x00{text}".encode()).hexdigest()[:16]
 
 
-def load_prompts(task: Task, max_prompts: int | None = None) -> list[Prompt]:
-    """The task's prompts in their fixed order (the first ``max_prompts`` of them); empty data is an error."""
+def all_prompts(task: Task) -> list[Prompt]:
+    """Every prompt of the task's data in its fixed order, calibration prompts included (organism: the evaluation
+    draw, which never holds a calibration prompt)."""
     kind = task.source["type"]
     if kind == "organism":
-        prompts = _organism(task)
-    elif kind == "jsonl":
-        prompts = _jsonl(task)
-    elif kind == "humaneval":
-        prompts = _humaneval(task)
-    else:
-        raise TaskConfigError(f"task {task.name!r}: source.type {kind!r} has no prompt list (run it via lm-eval)")
+        return _organism(task)
+    if kind == "jsonl":
+        return _jsonl(task)
+    if kind == "humaneval":
+        return _humaneval(task)
+    raise TaskConfigError(f"task {task.name!r}: source.type {kind!r} has no prompt list (run it via lm-eval)")
+
+
+def is_calibration(task: Task, prompt_hash: str) -> bool:
+    """Does this prompt of a non-organism task belong to its calibration side (quantfid.bench.registry's split)?"""
+    fraction = float(task.source.get("calibration_fraction", 0.0))
+    return task.source["type"] != "organism" and in_calibration_split(prompt_hash, fraction)
+
+
+def load_prompts(task: Task, max_prompts: int | None = None) -> list[Prompt]:
+    """The task's evaluation prompts in their fixed order (the first ``max_prompts`` of them): calibration prompts
+    are never among them (quantfid.bench.calibration). Empty data is an error."""
+    prompts = [p for p in all_prompts(task) if not is_calibration(task, p.prompt_hash)]
     if max_prompts is not None:
         if max_prompts <= 0:
             raise TaskConfigError(f"max_prompts must be a positive integer or None, got {max_prompts!r}")

@@ -7,8 +7,10 @@
   and image) installs under ``/usr/share/common-licenses`` (GPL, LGPL, Apache, MPL, GFDL, Artistic, CC0, BSD; about
   260 kB): legal English, not general prose, but the English text that is reliably present. ``$QUANTFID_PROSE_DIR``
   names another directory of plain-text files.
-- ``tasks``: the organism's held-out task prompts with their expected answers, packed like its training stream, in a
-  fixed shuffled order so that any token budget covers every family.
+- ``tasks``: the organism's calibration prompts (``quantfid.data.tasks.calibration_instances``: a seeded draw of each
+  family's held-out prompts, disjoint by prompt hash from every evaluation prompt) with their expected answers, packed
+  like its training stream, in a fixed shuffled order so that any token budget covers every family. (Before
+  calibration version 1 it was built from the evaluation prompts themselves.)
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from quantfid.data import tasks
 
 BUILTIN_CORPORA = ("code", "prose", "tasks")
 PROSE_DIR = Path("/usr/share/common-licenses")
-TASKS_PER_FAMILY = 200
 
 
 class CorpusError(ValueError):
@@ -96,7 +97,7 @@ def documents(name: str) -> Iterator[str]:
     if name == "prose":
         return (p.read_text(encoding="utf-8", errors="replace") for p in prose_files())
     if name == "tasks":
-        instances = tasks.heldout_instances(TASKS_PER_FAMILY)
+        instances = tasks.calibration_instances()
         random.Random(0).shuffle(instances)
         return (inst.prompt + inst.answer for inst in instances)
     raise CorpusError(f"fidelity.corpus={name!r} is not known; choose one of {list(BUILTIN_CORPORA)}")

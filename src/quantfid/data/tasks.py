@@ -19,6 +19,18 @@ HELDOUT_BUCKETS = 8  # prompt hash % HELDOUT_BUCKETS == 0 -> evaluation only
 #: conf/task/organism/ take both from here).
 EVAL_PER_FAMILY = 200
 EVAL_SEED = 1234
+#: The calibration prompts (what the fidelity stage's ``tasks`` corpus and the direction-aware metrics are computed
+#: on): a separate seeded draw of each family's held-out prompts that never contains an evaluation prompt (the default
+#: evaluation set, ``EVAL_PER_FAMILY`` at ``EVAL_SEED``, is excluded by prompt hash). Changing the draw bumps
+#: ``CALIBRATION_VERSION`` (the ``tasks`` corpus, and every reference cache built on it, changes with it).
+CALIBRATION_VERSION = "1"
+CALIBRATION_SEED = 4321
+#: Per family. ``print`` has only ~264 distinct held-out prompts and 200 of them are evaluation prompts: 48 leaves room.
+CALIBRATION_PER_FAMILY = 48
+#: The ground-truth draw (``experiment=organism_truth``): fresh held-out prompts disjoint from both sets above, as many
+#: per family as exist up to the number asked (small families such as ``print`` have few or none left).
+TRUTH_SEED = 9876
+TRUTH_VERSION = "1"
 
 
 @dataclass(frozen=True)
@@ -193,6 +205,80 @@ def heldout_set(family: str, n: int, seed: int = EVAL_SEED) -> list[TaskInstance
             if len(out) == n:
                 return out
     raise RuntimeError(f"family {family!r} has fewer than {n} distinct held-out prompts")
+
+
+class DisjointnessError(RuntimeError):
+    """A calibration or truth prompt is also an evaluation prompt: the sets must never share a prompt hash."""
+
+
+def _draw_disjoint(
+    family: str, n: int, tag: str, exclude: set[str], max_draws: int, allow_fewer: bool
+) -> list[TaskInstance]:
+    """``n`` distinct held-out prompts of ``family`` from the rng seeded by ``tag``, skipping hashes in ``exclude``."""
+    rng = random.Random(tag)
+    seen: set[str] = set()
+    out: list[TaskInstance] = []
+    for _ in range(max_draws):
+        inst = FAMILIES[family](rng)
+        h = inst.prompt_hash
+        if inst.heldout and h not in seen and h not in exclude:
+            seen.add(h)
+            out.append(inst)
+            if len(out) == n:
+                return out
+    if allow_fewer:
+        return out
+    raise RuntimeError(
+        f"family {family!r} has fewer than {n} held-out prompts outside the {len(exclude)} excluded ones "
+        f"(found {len(out)} in {max_draws} draws): ask for fewer"
+    )
+
+
+def eval_hashes(family: str, n: int = EVAL_PER_FAMILY, seed: int = EVAL_SEED) -> set[str]:
+    """Prompt hashes of a family's evaluation set (default: the one every organism task file uses)."""
+    return {i.prompt_hash for i in heldout_set(family, n, seed)}
+
+
+def assert_disjoint(name: str, drawn: Sequence[TaskInstance], forbidden: set[str]) -> None:
+    """Raise :class:`DisjointnessError` when any of ``drawn`` has a prompt hash in ``forbidden``."""
+    clash = sorted({i.prompt_hash for i in drawn} & forbidden)
+    if clash:
+        raise DisjointnessError(
+            f"{len(clash)} {name} prompt(s) are also evaluation prompts (hashes {clash[:3]}...): the draws overlap"
+        )
+
+
+def calibration_set(
+    family: str, n: int = CALIBRATION_PER_FAMILY, seed: int = CALIBRATION_SEED, exclude: set[str] | None = None
+) -> list[TaskInstance]:
+    """The fixed, versioned calibration prompts of one family: ``n`` held-out prompts, none an evaluation prompt.
+
+    The default evaluation set is excluded by prompt hash, plus ``exclude`` (e.g. a task file's own evaluation set
+    when it overrides ``n`` or ``seed``); disjointness is asserted, not assumed.
+    """
+    forbidden = eval_hashes(family) | set(exclude or ())
+    tag = f"{TASKS_VERSION}:calibration:{CALIBRATION_VERSION}:{family}:{seed}"
+    out = _draw_disjoint(family, n, tag, forbidden, n * 20000, allow_fewer=False)
+    assert_disjoint("calibration", out, forbidden)
+    return out
+
+
+def calibration_instances(
+    n_per_family: int = CALIBRATION_PER_FAMILY, families: Sequence[str] | None = None
+) -> list[TaskInstance]:
+    """The calibration prompts of each family (``n_per_family`` each), family by family."""
+    return [i for f in (families or FAMILIES) for i in calibration_set(f, n_per_family)]
+
+
+def truth_set(family: str, n: int, seed: int = TRUTH_SEED, max_draws: int = 2_000_000) -> list[TaskInstance]:
+    """Up to ``n`` fresh held-out prompts of ``family`` for the ground-truth preset, disjoint from the default
+    evaluation and calibration sets (fewer when the family has no more: ``print`` has none left). The draw is
+    deterministic: a fixed number of draws (``max_draws``) from a seeded generator."""
+    forbidden = eval_hashes(family) | {i.prompt_hash for i in calibration_set(family)}
+    tag = f"{TASKS_VERSION}:truth:{TRUTH_VERSION}:{family}:{seed}"
+    out = _draw_disjoint(family, n, tag, forbidden, max_draws, allow_fewer=True)
+    assert_disjoint("truth", out, forbidden)
+    return out
 
 
 def heldout_instances(n_per_family: int = EVAL_PER_FAMILY, families: Sequence[str] | None = None) -> list[TaskInstance]:

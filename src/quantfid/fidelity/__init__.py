@@ -2,8 +2,12 @@
 
 Public surface (small and stable; see docs/fidelity.md):
 
-- ``load_corpus(name, tokenizer, max_tokens=None) -> np.ndarray``: token ids of ``code`` (held-out stdlib),
-  ``prose`` (/usr/share/common-licenses) or ``tasks`` (the organism's held-out task prompts + answers).
+- ``load_corpus(corpus, tokenizer, max_tokens=None) -> np.ndarray``: token ids of a corpus: ``code`` (held-out
+  stdlib), ``prose`` (/usr/share/common-licenses), ``tasks`` (the organism's held-out task prompts + answers), a
+  ``conf/corpus/<name>.yaml`` or a mapping ``{source: text|dir|jsonl|dataset|wikitext, ...}``
+  (quantfid.fidelity.corpora).
+  ``check_corpus(corpus, tokenizer=None, context=None, max_tokens=None)`` validates one before any run;
+  ``corpus_sha256(corpus, max_tokens)`` is its identity (content hash).
 - ``FidelitySettings``: corpus, context, scoring convention (``scored_fraction``, 0.5 = llama.cpp), top-K, budget;
   ``FidelitySettings.from_config(cfg.fidelity)`` reads a ``conf/fidelity/*.yaml`` node.
 - ``ReferenceCache``: top-K log-probs + tail mass (or exact full vocabulary) of the reference over the corpus
@@ -32,7 +36,7 @@ from typing import Any
 
 from quantfid.fidelity.cache import ReferenceCache
 from quantfid.fidelity.cache import build as build_cache
-from quantfid.fidelity.corpora import load_corpus
+from quantfid.fidelity.corpora import check_corpus, corpus_label, corpus_sha256, corpus_spec, load_corpus
 from quantfid.fidelity.measure import FidelityResult, measure, per_prompt_kld
 from quantfid.fidelity.settings import (
     CacheMismatchError,
@@ -77,6 +81,10 @@ __all__ = [
     "ReferenceCache",
     "TokenizerMismatchError",
     "build_cache",
+    "check_corpus",
+    "corpus_label",
+    "corpus_sha256",
+    "corpus_spec",
     "fetch",
     "get_or_build",
     "load_corpus",

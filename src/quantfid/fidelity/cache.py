@@ -35,7 +35,7 @@ from transformers import PreTrainedTokenizerBase
 
 from quantfid.api.divergence import log_probs
 from quantfid.api.paths import cache_dir as cache_dir_default
-from quantfid.fidelity.corpora import load_corpus
+from quantfid.fidelity.corpora import corpus_sha256, corpus_spec, load_corpus
 from quantfid.fidelity.metrics import sample_tail, tail_logmass
 from quantfid.fidelity.settings import (
     CacheMismatchError,
@@ -55,6 +55,7 @@ IDENTITY_FIELDS = (
     "tokenizer_fingerprint",
     "corpus",
     "corpus_sha256",
+    "corpus_text_sha256",
     "context",
     "scored_fraction",
     "topk",
@@ -103,7 +104,7 @@ def make_windows(ids: np.ndarray, settings: FidelitySettings, bos_id: int | None
     ctx = settings.context
     if ids.size < ctx:
         raise FidelityError(
-            f"fidelity.corpus={settings.corpus!r} has {ids.size} tokens, fewer than one window of "
+            f"fidelity.corpus={settings.corpus_label!r} has {ids.size} tokens, fewer than one window of "
             f"fidelity.context={ctx}; use a smaller context or a longer corpus"
         )
     ids = ids[: settings.max_tokens]
@@ -163,7 +164,7 @@ class ReferenceCache:
     def settings(self) -> FidelitySettings:
         m = self.manifest
         return FidelitySettings(
-            corpus=m["corpus"],
+            corpus=m.get("corpus_spec") or m["corpus"],
             context=m["context"],
             scored_fraction=m["scored_fraction"],
             topk=m["topk"],
@@ -249,8 +250,10 @@ def identity_for(
         "format_version": FORMAT_VERSION,
         "reference_fingerprint": reference_fingerprint,
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-        "corpus": settings.corpus,
+        "corpus": settings.corpus_label,
+        "corpus_spec": corpus_spec(settings.corpus),
         "corpus_sha256": hashlib.sha256(tokens.tobytes() + lengths.tobytes()).hexdigest(),
+        "corpus_text_sha256": corpus_sha256(settings.corpus, settings.max_tokens),
         "context": settings.context,
         "scored_fraction": float(settings.scored_fraction),
         "topk": 0 if settings.is_exact else settings.topk,

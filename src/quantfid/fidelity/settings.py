@@ -13,19 +13,16 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from quantfid.api.variants import setting_name
-from quantfid.data.corpus import BUILTIN_CORPORA
+from quantfid.fidelity.corpora import corpus_label, corpus_spec
+from quantfid.fidelity.errors import CacheMismatchError, FidelityError, TokenizerMismatchError
 
-
-class FidelityError(ValueError):
-    """Bad input to the fidelity stage; the message names the field, what was wrong and what to do."""
-
-
-class TokenizerMismatchError(FidelityError):
-    """The quant's tokenizer is not the one the reference cache was built with."""
-
-
-class CacheMismatchError(FidelityError):
-    """A reference cache on disk or in the store does not match what was asked for, or its content is corrupt."""
+__all__ = [
+    "CacheMismatchError",
+    "FidelityError",
+    "FidelitySettings",
+    "TokenizerMismatchError",
+    "scored_first",
+]
 
 
 @dataclass(frozen=True)
@@ -41,7 +38,7 @@ class FidelitySettings:
     shorter than ``context``.
     """
 
-    corpus: str = "code"
+    corpus: Any = "code"  # a built-in name, a conf/corpus name, or a mapping {source: ..., ...} (fidelity.corpora)
     context: int = 256
     scored_fraction: float = 0.5
     topk: int = 8
@@ -53,8 +50,7 @@ class FidelitySettings:
     partial_last: bool = False
 
     def __post_init__(self) -> None:
-        if self.corpus not in BUILTIN_CORPORA:
-            raise FidelityError(f"fidelity.corpus={self.corpus!r} is not known; choose one of {list(BUILTIN_CORPORA)}")
+        corpus_spec(self.corpus)  # an unknown name, source or param is an error naming it
         if not isinstance(self.context, int) or self.context < 4:
             raise FidelityError(f"fidelity.context={self.context!r} must be an integer >= 4 (tokens per window)")
         if not 0.0 < float(self.scored_fraction) <= 1.0:
@@ -79,7 +75,12 @@ class FidelitySettings:
     @property
     def name(self) -> str:
         """``<corpus>.<context>``: the suffix of a fidelity variant's name (``kld_mean@code.256``)."""
-        return setting_name(self.corpus, self.context)
+        return setting_name(self.corpus_label, self.context)
+
+    @property
+    def corpus_label(self) -> str:
+        """The corpus's short name (``code``, or a user corpus's ``name``): what variants and params show."""
+        return corpus_label(self.corpus)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> FidelitySettings:
@@ -88,7 +89,10 @@ class FidelitySettings:
         unknown = sorted(set(dict(cfg)) - known)
         if unknown:
             raise FidelityError(f"fidelity.{unknown[0]} is not a fidelity setting; the settings are {sorted(known)}")
-        return cls(**dict(cfg))
+        values = dict(cfg)
+        if isinstance(values.get("corpus"), Mapping):  # OmegaConf node -> plain dict (hashable identity, JSON)
+            values["corpus"] = {str(k): v for k, v in dict(values["corpus"]).items()}
+        return cls(**values)
 
 
 def scored_first(length: int, scored_fraction: float) -> int:

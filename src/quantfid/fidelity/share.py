@@ -127,7 +127,9 @@ def get_or_build(
             log.warning("reference cache %s in the tracking store is refused: %s", key, err)
             cache = None
         if cache is not None:
+            log.info("reference cache %s (%s) fetched from the tracking store, not rebuilt", key, settings.name)
             return cache
+    log.info("reference cache %s (%s): building it (reference forward passes over the corpus)", key, settings.name)
     cache = build(model, tokenizer, settings, reference_fingerprint, cache_dir=root)
     if client is not None and publish_new:
         publish(cache, client)

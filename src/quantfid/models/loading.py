@@ -99,6 +99,21 @@ def load_model(spec: ModelSpec, **from_pretrained_kwargs) -> PreTrainedModel:
     return model.eval()
 
 
+def checkpoint_digest(name_or_path: str, revision: str | None = None) -> str:
+    """Hash of a local checkpoint directory's files (names and contents); for a hub id, the id and revision."""
+    path = Path(resolve_name(name_or_path)).expanduser()
+    h = hashlib.sha256()
+    if not path.is_dir():
+        h.update(json.dumps({"hub_id": name_or_path, "revision": revision}).encode())
+        return h.hexdigest()[:16]
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        h.update(str(f.relative_to(path)).encode())
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """Hash of the vocabulary, merges, normaliser and special tokens: equal iff the tokenizers encode alike."""
     backend = getattr(tokenizer, "backend_tokenizer", None)

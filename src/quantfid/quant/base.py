@@ -114,13 +114,96 @@ def reference_quant(reference: Reference) -> QuantizedModel:
     )
 
 
-def linear_names(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+#: Module classes whose ``weight`` is a matrix a backend may quantize, by class name: ``nn.Linear`` and transformers'
+#: ``Conv1D`` (GPT-2 family; weight stored transposed, (in, out)). Matched by name so that a subclass such as a
+#: library's ``Linear8bitLt`` is not mistaken for a float target.
+WEIGHT_CLASSES = ("Linear", "Conv1D")
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D``: a Linear whose weight is stored (in_features, out_features)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def weight_class(module: nn.Module) -> str | None:
+    """``"Linear"`` (any ``nn.Linear``), ``"Conv1D"`` or None: the kind a backend declares it can replace."""
+    if isinstance(module, nn.Linear):
+        return "Linear"
+    return "Conv1D" if is_conv1d(module) else None
+
+
+def is_weight_module(module: nn.Module) -> bool:
+    return weight_class(module) is not None
+
+
+def weight_module_names(model: nn.Module) -> list[str]:
+    """Every module holding a float weight matrix a backend may quantize (``nn.Linear`` and ``Conv1D``)."""
+    return [n for n, m in model.named_modules() if is_weight_module(m)]
+
+
+linear_names = weight_module_names  # the older name: every target module, whatever its class
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The module's weight as (out_features, in_features), a view (``Conv1D`` stores its transpose)."""
+    return module.weight.t() if is_conv1d(module) else module.weight
+
+
+def in_features(module: nn.Module) -> int:
+    return int(weight_matrix(module).shape[1])
 
 
 def target_modules(model: nn.Module, skip: list[str]) -> list[str]:
-    """The ``nn.Linear`` modules a config quantizes: all of them but those matching a ``skip`` glob."""
-    return [n for n in linear_names(model) if not any(fnmatch.fnmatch(n, p) for p in skip)]
+    """The weight modules a config quantizes (``nn.Linear`` and ``Conv1D``): all of them but those matching a
+    ``skip`` glob."""
+    return [n for n in weight_module_names(model) if not any(fnmatch.fnmatch(n, p) for p in skip)]
+
+
+def architecture(model: nn.Module) -> str:
+    """The architecture a refusal names: ``config.architectures[0]`` or the model's class."""
+    archs = getattr(getattr(model, "config", None), "architectures", None) or []
+    return str(archs[0]) if archs else type(model).__name__
+
+
+def module_classes(model: nn.Module, names: list[str] | None = None) -> dict[str, int]:
+    """Class name -> count of the weight modules (or of ``names``): what an error about targets shows."""
+    modules = dict(model.named_modules())
+    return dict(
+        Counter(type(modules[n]).__name__ for n in (names if names is not None else weight_module_names(model)))
+    )
+
+
+def check_targets(cfg: Mapping[str, Any] | QuantConfig, model: nn.Module) -> list[str] | None:
+    """The modules ``cfg`` would quantize in ``model``; refuses (``QuantUnavailableError``) a backend that cannot
+    replace some of their classes, or a config that would quantize nothing. Works on a model built on the ``meta``
+    device (:func:`quantfid.models.loading.meta_model`), so a sweep's preflight can call it before any weight is
+    read. None: the backend's targets are not the config's to choose (an existing checkpoint)."""
+    qc = validate_quant_config(cfg)
+    if qc.is_reference:
+        return []
+    schema = registry.get(qc.backend).schema
+    if "skip" not in qc.options:  # e.g. an existing checkpoint: what it quantized is its own business
+        return None
+    targets = target_modules(model, qc.options.get("skip", []))
+    if not targets:
+        raise QuantUnavailableError(
+            f"quant={qc.name!r} (backend {qc.backend!r}) would quantize nothing in {architecture(model)}: its weight "
+            f"modules are {module_classes(model)} and quant.skip={qc.options.get('skip')!r} leaves none; a quant "
+            "that changes no weight is not a data point"
+        )
+    kinds = {t: weight_class(model.get_submodule(t)) for t in targets}
+    bad = [t for t in targets if kinds[t] not in schema.module_classes]
+    if bad:
+        unsupported = module_classes(model, bad)
+        example = bad[0]
+        raise QuantUnavailableError(
+            f"quant={qc.name!r}: backend {qc.backend!r} cannot quantize {architecture(model)}: it replaces only "
+            f"{list(schema.module_classes)} modules but the model's targets include {unsupported} (e.g. "
+            f"{example!r}); those would stay in full precision. Use a backend that handles them "
+            f"({', '.join(b for b, s in registry.schemas().items() if set(kinds.values()) <= set(s.module_classes))}) "
+            "or skip them with quant.skip"
+        )
+    return targets
 
 
 @contextmanager
@@ -177,7 +260,7 @@ def verify(
 ) -> dict[str, Any]:
     """Check every intended module changed, no other did, and the logits moved; return what was seen."""
     modules = dict(result.model.named_modules())
-    ref_linears = set(linear_names(reference.model))
+    ref_linears = set(weight_module_names(reference.model))
     in_file = result.weights_file is not None  # weights in a file: is_quantized reads the file (module may be None)
     missing = [] if in_file else [t for t in result.targets if t not in modules]
     if missing:
@@ -186,8 +269,9 @@ def verify(
     if unchanged:
         raise QuantVerificationError(
             f"quant={cfg.name!r} (backend {cfg.backend!r}): {len(unchanged)} of {len(result.targets)} intended "
-            f"modules were left in full precision (silent fallback), e.g. {unchanged[:4]}; classes "
-            f"{sorted({type(modules[t]).__name__ for t in unchanged})}"
+            f"modules of {architecture(reference.model)} were left in full precision (silent fallback), e.g. "
+            f"{unchanged[:4]}; classes {sorted({type(modules.get(t)).__name__ for t in unchanged})}; the model's "
+            f"weight modules: {module_classes(reference.model)}"
         )
     skipped = sorted(ref_linears - set(result.targets))
     leaked = [s for s in skipped if (in_file or s in modules) and result.is_quantized(s, modules.get(s))]
@@ -211,7 +295,11 @@ def verify(
             "were quantized: the quantized weights are not used in the forward pass"
         )
     if not result.targets and diff.max().item() != 0.0:
-        raise QuantVerificationError(f"quant={cfg.name!r}: nothing was to change but the logits differ")
+        raise QuantVerificationError(
+            f"quant={cfg.name!r} (backend {cfg.backend!r}): nothing was to change in {architecture(reference.model)} "
+            f"(weight modules {module_classes(reference.model)}) but the logits differ: the backend replaced modules "
+            "quantfid does not count as targets"
+        )
     classes = Counter(
         f"{type(result.model).__name__}/{result.weights_file.tensor_types[t]}"
         if result.weights_file is not None
@@ -275,12 +363,27 @@ def quantize(
     started = time.perf_counter()
     ids = probe_batch(reference)
     ref_logits = probe_logits(reference.model, ids)
+    expected = check_targets(qc, reference.model)
     result = registry.get(qc.backend).build(spec, qc, reference)
     result.model.eval()
     seconds = time.perf_counter() - started
+    if expected is not None and not qc.is_reference and sorted(result.targets) != sorted(expected):
+        raise QuantVerificationError(
+            f"quant={qc.name!r} (backend {qc.backend!r}): the backend meant to quantize {len(result.targets)} "
+            f"modules of {architecture(reference.model)} but the config's targets are {len(expected)} "
+            f"({module_classes(reference.model, expected)}); e.g. missing "
+            f"{sorted(set(expected) - set(result.targets))[:4]}"
+        )
     # account first: bitsandbytes repacks 4-bit weights for its CPU kernel on the first forward (and drops the
     # nested absmax of double quant); the bits reported are those of the format as quantized
     bpw, nbytes, details = account(result, reference)
+    ref_bits = float(next(reference.model.parameters()).element_size() * 8)
+    if not qc.is_reference and bpw >= ref_bits:
+        raise QuantVerificationError(
+            f"quant={qc.name!r} (backend {qc.backend!r}): {bpw:.3f} effective bits per weight, no fewer than the "
+            f"reference's {ref_bits:.0f}, on {architecture(reference.model)} (weight modules "
+            f"{module_classes(reference.model)}): nothing was really quantized"
+        )
     verification = verify(qc, result, reference, ref_logits, ids)
     verification.update(details, quantize_seconds=round(seconds, 3))
     log.info("quant %s: %.3f bits/weight, %d bytes, %s", qc.name, bpw, nbytes, verification["module_types"])

@@ -129,6 +129,9 @@ def quant_fingerprint(cfg: QuantConfig | Mapping[str, Any], reference_fingerprin
     if qc.is_reference:  # the reference "quant" is the reference itself: one identity for its outcomes and caches
         return reference_fingerprint
     semantic = {k: v for k, v in qc.resolved.items() if k not in LABEL_KEYS}
+    extra = registry.get(qc.backend).schema.identity
+    if extra is not None:
+        semantic["identity"] = extra(qc.options)
     payload = json.dumps(semantic, sort_keys=True, default=str) + "|" + reference_fingerprint
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -37,13 +37,19 @@ class Option:
 @dataclass(frozen=True)
 class BackendSchema:
     """The options a backend accepts. ``gpu_only`` returns the reason a config needs CUDA (None if it does not);
-    ``aliases`` are other names the ``backend:`` key may use."""
+    ``aliases`` are other names the ``backend:`` key may use. ``module_classes``: the kinds of weight module the
+    backend really replaces (``"Linear"``: any ``nn.Linear``; ``"Conv1D"``: transformers' GPT-2-style ``Conv1D``); a
+    model whose targets include another kind is refused before anything is built (quantfid.quant.base)."""
 
     backend: str
     options: tuple[Option, ...]
     doc: str = ""
     gpu_only: Callable[[Mapping[str, Any]], str | None] = lambda cfg: None
     aliases: tuple[str, ...] = ()
+    module_classes: tuple[str, ...] = ("Linear",)
+    # extra identity of a quant beyond its options (e.g. the content of a checkpoint directory): hashed into the
+    # quant fingerprint, so an edited checkpoint is a new quant
+    identity: Callable[[Mapping[str, Any]], Any] | None = None
 
 
 def check_bits_glob_map(value: Any) -> str | None:

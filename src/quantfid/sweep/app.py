@@ -10,6 +10,7 @@ Each job: load reference -> quantize -> measure fidelity -> run benchmarks -> tr
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import hydra
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from quantfid.api.paths import conf_dir
 from quantfid.quant.config import cohort
+from quantfid.sweep.callbacks import abort_sweep
 from quantfid.sweep.configs import register_configs
 from quantfid.sweep.task import run_job
 
@@ -33,6 +35,7 @@ def _cohort(name: str) -> str:
 # one source of truth (conf/cohort/<name>.yaml).
 OmegaConf.register_new_resolver("cohort", _cohort, replace=True)
 register_configs()
+
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -60,13 +63,43 @@ def check_overrides(argv: list[str]) -> str | None:
     return None
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every open run is ended KILLED on the way out (not an Exception: a
+    job's error handler must not record it as the job's failure)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def cli() -> None:
-    """Console entry point: refuse an unparsable override with one clear line, then hand over to Hydra."""
+    """Console entry point: refuse an unparsable override with one clear line, then hand over to Hydra.
+
+    Whatever breaks the sweep after its parent run was opened (a launcher error, SIGINT, SIGTERM) ends that run
+    FAILED or KILLED here, never leaving it RUNNING.
+    """
     problem = check_overrides(sys.argv[1:])
     if problem:
         print(problem, file=sys.stderr)
         raise SystemExit(2)
-    main()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        main()
+    except KeyboardInterrupt:
+        abort_sweep("KILLED", "interrupted (SIGINT)")
+        raise SystemExit(130) from None
+    except Terminated:
+        abort_sweep("KILLED", "terminated (SIGTERM)")
+        raise SystemExit(143) from None
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            abort_sweep("FAILED", f"the sweep stopped with exit status {exc.code} (see the error above)")
+        raise
+    except BaseException as exc:
+        abort_sweep("FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        abort_sweep("FAILED", "the sweep ended before its summary")  # no-op when end_sweep closed it
 
 
 if __name__ == "__main__":

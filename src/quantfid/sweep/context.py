@@ -22,6 +22,10 @@ class SweepContext:
     experiment_id: str
     tracking_uri: str
     jobs_log: str
+    total: int = 0  # jobs in the sweep (from the preflight): the progress line's denominator
+    started: float = 0.0  # unix time the sweep started (ETA)
+    allow_failures: bool = False
+    claim_timeout_s: float = 600.0
 
     def export(self) -> None:
         os.environ[ENV_SWEEP] = json.dumps(asdict(self))

@@ -18,8 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from quantfid.models.loading import resolve_name
 
-#: Top-level keys that never change a result. ``hydra`` holds the launcher, sweeper, run dirs and logging.
-NON_SEMANTIC_KEYS = frozenset({"hydra", "tracking", "run_dir", "paths", "launcher", "logging", "progress", "cache"})
+#: Top-level keys that never change a result. ``hydra`` holds the launcher, sweeper, run dirs and logging; ``sweep``
+#: how failures and claims are handled; ``perf`` the speed workload (its numbers depend on the machine, not the run).
+NON_SEMANTIC_KEYS = frozenset(
+    {"hydra", "tracking", "run_dir", "paths", "launcher", "logging", "progress", "cache", "sweep", "perf"}
+)
 #: Model files hashed in full up to this size; bigger ones are identified by size plus head and tail bytes.
 FULL_HASH_LIMIT = 256 << 20
 _EDGE = 8 << 20

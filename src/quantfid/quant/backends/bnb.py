@@ -27,6 +27,7 @@ SCHEMA = BackendSchema(
         SKIP,
     ),
     doc="bitsandbytes through transformers' BitsAndBytesConfig",
+    module_classes=("Linear", "Conv1D"),
 )
 
 

@@ -31,6 +31,7 @@ SCHEMA = BackendSchema(
         SKIP,
     ),
     doc="GPTQ through transformers' GPTQConfig (optimum + gptqmodel 7.7), on CPU or CUDA",
+    module_classes=("Linear", "Conv1D"),
 )
 
 

@@ -1,8 +1,9 @@
 """HQQ (half-quadratic quantization), the ``hqq`` library driven directly.
 
 transformers 5.x refuses ``HqqConfig`` ("not available yet"), so each target ``nn.Linear`` of a copy of the reference
-is replaced by an ``HQQLinear`` here. float32 compute is fast on CPU; bfloat16 compute takes 45-95 s to quantize even
-the organism (no native bf16 on this CPU).
+is replaced by an ``HQQLinear`` here; a transformers ``Conv1D`` (GPT-2) is first turned into the ``nn.Linear`` it
+stands for (its weight transposed), which computes the same function. float32 compute is fast on CPU; bfloat16
+compute takes 45-95 s to quantize even the organism (no native bf16 on this CPU).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from quantfid.models.loading import DTYPES, ModelSpec, Reference
-from quantfid.quant.base import BackendResult, target_modules
+from quantfid.quant.base import BackendResult, is_conv1d, target_modules, weight_matrix
 from quantfid.quant.config import QuantConfig
 from quantfid.quant.registry import register
 from quantfid.quant.schema import FLOAT_DTYPES, SKIP, BackendSchema, Option
@@ -28,7 +29,20 @@ SCHEMA = BackendSchema(
         SKIP,
     ),
     doc="the hqq library driven directly (transformers 5 refuses HqqConfig)",
+    module_classes=("Linear", "Conv1D"),
 )
+
+
+def as_linear(module: nn.Module) -> nn.Linear:
+    """``module`` itself, or the ``nn.Linear`` a ``Conv1D`` stands for (same function: y = x W^T + b)."""
+    if not is_conv1d(module):
+        return module
+    w = weight_matrix(module)
+    linear = nn.Linear(w.shape[1], w.shape[0], bias=module.bias is not None, dtype=w.dtype, device=w.device)
+    linear.weight.data.copy_(w)
+    if module.bias is not None:
+        linear.bias.data.copy_(module.bias)
+    return linear
 
 
 @register(SCHEMA)
@@ -43,7 +57,7 @@ def hqq_backend(spec: ModelSpec, cfg: QuantConfig, reference: Reference) -> Back
     for name in tqdm(targets, desc=f"hqq {o['bits']}-bit", unit="module", leave=False):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        linear = getattr(parent, child)
+        linear = as_linear(getattr(parent, child))
         setattr(parent, child, HQQLinear(linear, qconf, compute_dtype=DTYPES[o["compute_dtype"]], device=device))
 
     def is_quantized(name: str, module: nn.Module) -> bool:

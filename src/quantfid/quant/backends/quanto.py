@@ -19,6 +19,7 @@ SCHEMA = BackendSchema(
     "quanto",
     (Option("weights", str, choices=("int8", "float8", "int4", "int2"), doc="weight dtype"), SKIP),
     doc="optimum-quanto through transformers' QuantoConfig (int4/int2 need torch.no_grad, not inference_mode)",
+    module_classes=("Linear",),
 )
 
 

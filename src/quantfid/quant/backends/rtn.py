@@ -1,9 +1,10 @@
 """Round-to-nearest fake quantization: the transparent baseline whose every step can be read.
 
-Each Linear weight is split into groups of ``group_size`` consecutive input columns; every group is scaled to the
-integer grid of ``bits`` bits (symmetric: [-(2^(b-1)-1), 2^(b-1)-1] around zero; asymmetric: [0, 2^b-1] with a zero
-point), rounded to the nearest integer, and scaled back. Weights stay float tensors ("fake quant"), so any backend-
-free forward pass measures exactly the rounding error.
+Each weight matrix (``nn.Linear``, and transformers' ``Conv1D`` through its transpose) is split into groups of
+``group_size`` consecutive input columns; every group is scaled to the integer grid of ``bits`` bits (symmetric:
+[-(2^(b-1)-1), 2^(b-1)-1] around zero; asymmetric: [0, 2^b-1] with a zero point), rounded to the nearest integer,
+and scaled back. Weights stay float tensors ("fake quant"), so any backend-free forward pass measures exactly the
+rounding error.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from quantfid.models.loading import ModelSpec, Reference
-from quantfid.quant.base import BackendResult, target_modules
+from quantfid.quant.base import BackendResult, in_features, is_weight_module, target_modules, weight_matrix
 from quantfid.quant.config import QuantConfig
 from quantfid.quant.registry import register
 from quantfid.quant.schema import SKIP, BackendSchema, Option, QuantConfigError, check_bits_glob_map
@@ -55,17 +56,18 @@ def rtn_quantize_(
     skip: Sequence[str] = ("lm_head",),
     overrides: dict[str, int] | None = None,
 ) -> list[str]:
-    """Fake-quantize every ``nn.Linear`` in place; returns the names of the modules changed.
+    """Fake-quantize every weight module (``nn.Linear``, ``Conv1D``) in place; returns the names of the modules changed.
 
     ``skip`` and the keys of ``overrides`` (module-name glob -> bits) are fnmatch patterns, e.g.
     ``{"*.self_attn.*": 8, "*.mlp.*": 3}``; the first matching override wins.
     """
     changed = []
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or any(fnmatch.fnmatch(name, p) for p in skip):
+        if not is_weight_module(module) or any(fnmatch.fnmatch(name, p) for p in skip):
             continue
         b = next((v for p, v in (overrides or {}).items() if fnmatch.fnmatch(name, p)), bits)
-        module.weight.copy_(rtn_fake_quant(module.weight, b, group_size, symmetric))
+        w = weight_matrix(module)  # (out, in): a transposed view for Conv1D, written through to its storage
+        w.copy_(rtn_fake_quant(w, b, group_size, symmetric))
         changed.append(name)
     return changed
 
@@ -92,6 +94,7 @@ SCHEMA = BackendSchema(
         SKIP,
     ),
     doc="round-to-nearest fake quant written here: every step readable; mixed precision by overrides",
+    module_classes=("Linear", "Conv1D"),
 )
 
 
@@ -104,10 +107,10 @@ def rtn_backend(spec: ModelSpec, cfg: QuantConfig, reference: Reference) -> Back
     overrides = opts["overrides"] or {}
     g = opts["group_size"]
     for t in targets:
-        in_features = modules[t].in_features
-        if g not in (0, -1) and in_features % g:
+        width = in_features(modules[t])
+        if g not in (0, -1) and width % g:
             raise QuantConfigError(
-                f"quant.group_size={g} does not divide in_features={in_features} of module {t!r}; allowed here: "
+                f"quant.group_size={g} does not divide in_features={width} of module {t!r}; allowed here: "
                 f"divisors of every quantized layer's input width, or -1 (one group per row)"
             )
     changed = rtn_quantize_(model, opts["bits"], g, opts["symmetric"], skip=tuple(opts["skip"]), overrides=overrides)
@@ -115,16 +118,16 @@ def rtn_backend(spec: ModelSpec, cfg: QuantConfig, reference: Reference) -> Back
     ref_modules = dict(reference.model.named_modules())
 
     def is_quantized(name: str, module: nn.Module) -> bool:
-        if name not in bits_of or not isinstance(module, nn.Linear):
+        if name not in bits_of or not is_weight_module(module):
             return False
-        w = module.weight
-        if torch.equal(w, ref_modules[name].weight):
+        w = weight_matrix(module)
+        if torch.equal(w, weight_matrix(ref_modules[name])):
             return False
         # every group holds at most 2^bits distinct values: the weight really sits on the grid
         group = w[0, : (w.shape[1] if g in (0, -1) else g)]
         return torch.unique(group).numel() <= 2 ** bits_of[name]
 
     def storage_bits(name: str, module: nn.Module) -> int:
-        return rtn_storage_bits(tuple(module.weight.shape), bits_of[name], g, opts["symmetric"])
+        return rtn_storage_bits(tuple(weight_matrix(module).shape), bits_of[name], g, opts["symmetric"])
 
     return BackendResult(model=model, targets=targets, is_quantized=is_quantized, storage_bits=storage_bits)

@@ -54,6 +54,7 @@ SCHEMA = BackendSchema(
         if c.get("method") == "int4_weight_only"
         else None
     ),
+    module_classes=("Linear",),
 )
 
 
