@@ -226,6 +226,27 @@ def check_bench(bench_cfg: Mapping[str, Any]) -> None:
             raise PreflightError(f"bench.tasks: {err}") from None
 
 
+def check_direction(direction_cfg: Mapping[str, Any], bench_cfg: Mapping[str, Any]) -> None:
+    """With ``direction.enabled``, every bench task must have calibration prompts (disjoint from its evaluation
+    prompts): the direction stage measures on them, so a task without any would fail every job of the sweep."""
+    from quantfid.bench import TaskConfigError
+    from quantfid.bench.calibration import calibration_instances
+
+    if not direction_cfg.get("enabled"):
+        return
+    n = direction_cfg.get("n_per_task")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise PreflightError(f"direction.n_per_task={n!r} must be an integer >= 1 or null (the whole split)")
+    for name in bench_cfg.get("tasks") or []:
+        try:
+            calibration_instances(str(name), n)
+        except TaskConfigError as err:
+            raise PreflightError(
+                f"direction.enabled=true needs calibration prompts of every bench task: {err} "
+                "(or set direction.enabled=false)"
+            ) from None
+
+
 def check_perf(perf_cfg: Mapping[str, Any]) -> None:
     from quantfid.sweep.stages import perf_workload
 
@@ -274,6 +295,9 @@ def check_job(cfg: DictConfig, quant_name: str, done: set[str] | None = None) ->
     bench_cfg = _container(cfg.get("bench"))
     if _once(done, "bench", bench_cfg):
         check_bench(bench_cfg)
+    direction_cfg = _container(cfg.get("direction"))
+    if _once(done, "direction", direction_cfg, bench_cfg):
+        check_direction(direction_cfg, bench_cfg)
     perf_cfg = _container(cfg.get("perf"))
     if _once(done, "perf", perf_cfg):
         check_perf(perf_cfg)
