@@ -272,6 +272,32 @@ def _stop_heartbeat() -> None:
         beat.stop()
 
 
+def _begin_or_exit(config: DictConfig, multirun: bool, out_dir: str) -> SweepContext:
+    """Hydra turns an exception in a callback into a warning and runs the jobs anyway (without the sweep): any
+    error opening the sweep stops the sweep here instead (exit 1; bad input already exited 2)."""
+    try:
+        return begin_sweep(config, multirun=multirun, out_dir=out_dir)
+    except Exception as err:
+        abort_sweep("FAILED", f"the sweep could not start: {type(err).__name__}: {err}")
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(f"error: the sweep could not start: {type(err).__name__}: {first}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _end_or_exit(ctx: SweepContext | None) -> None:
+    """End the sweep; its exit status (1: a job failed) or an error closing it (1, the parent ended FAILED) is the
+    process's (Hydra would only warn about an exception raised here)."""
+    if ctx is None:
+        return
+    try:
+        code = end_sweep(ctx)
+    except Exception as err:
+        abort_sweep("FAILED", f"the sweep could not be closed: {type(err).__name__}: {err}")
+        raise SystemExit(1) from None
+    if code:
+        raise SystemExit(code)
+
+
 class SweepTracking(Callback):
     """One parent ``sweep`` run per invocation (multirun or single run), opened after every job was checked."""
 
@@ -279,19 +305,13 @@ class SweepTracking(Callback):
         self.ctx: SweepContext | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.ctx = begin_sweep(config, multirun=True, out_dir=str(config.hydra.sweep.dir))
+        self.ctx = _begin_or_exit(config, True, str(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.ctx is not None:
-            code = end_sweep(self.ctx)
-            if code:
-                raise SystemExit(code)
+        _end_or_exit(self.ctx)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.ctx = begin_sweep(config, multirun=False, out_dir=str(config.hydra.run.dir))
+        self.ctx = _begin_or_exit(config, False, str(config.hydra.run.dir))
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.ctx is not None:
-            code = end_sweep(self.ctx)
-            if code:
-                raise SystemExit(code)
+        _end_or_exit(self.ctx)

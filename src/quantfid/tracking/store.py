@@ -6,6 +6,8 @@ a read-only folder costs a second, not a quantization.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
 import urllib.error
@@ -131,8 +133,31 @@ def check_store(store: Store) -> None:
         _check_writable_dir(path, "artifact", store.uri)
 
 
+@contextlib.contextmanager
+def _sqlite_init_lock(uri: str):
+    """Serialise the first connection to a sqlite store across processes on this host: MLflow creates and migrates
+    the schema on first use, and two sweeps doing it at once fail (``table _alembic_tmp_experiments already
+    exists``, measured)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock = Path(uri[len("sqlite:///") :] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def setup_experiment(store: Store) -> str:
     """Point MLflow at the store and get or create the experiment; returns its id."""
+    with _sqlite_init_lock(store.uri):
+        return _setup_experiment(store)
+
+
+def _setup_experiment(store: Store) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
