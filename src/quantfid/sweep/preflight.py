@@ -48,8 +48,9 @@ def sweep_overrides(cfg: DictConfig) -> list[list[str]]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    params = cfg.hydra.sweeper.get("params") or {}
-    args = [f"{k}={v}" for k, v in OmegaConf.to_container(params, resolve=True).items()]
+    params = cfg.hydra.sweeper.get("params")  # None without an experiment preset: only the command line sweeps
+    params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else dict(params or {})
+    args = [f"{k}={v}" for k, v in params.items()]
     args += list(OmegaConf.to_container(cfg.hydra.overrides.task, resolve=False))
     overrides = OverridesParser.create().parse_overrides(args)
     return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
