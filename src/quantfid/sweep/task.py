@@ -139,7 +139,8 @@ def _run_tracked(cfg: DictConfig, ctx) -> dict[str, Any]:
         except FidelityError as err:  # bad input: one clear error, no run written
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
-        shown = {**job, "fidelity": {**fidelity, **corpus, "logprob_dtype": LOGPROB_DTYPE}}
+        dtype_key = S.PARAM_LOGPROB_DTYPE.split(".", 1)[1]
+        shown = {**job, "fidelity": {**fidelity, **corpus, dtype_key: LOGPROB_DTYPE}}
     identity = run_identity(shown)
     name = run_name_for(quant_name, shown.get("fidelity"))
     out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(job["run_dir"])
