@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from quantfid.tracking.team import free_port, stop_process_group, wait_healthy
-from quantfid.tracking.ui import runs_url
+from quantfid.tracking.ui import experiment_url, runs_url
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -286,17 +286,29 @@ def drive_compare_page(browser: Chromium, url: str, run_names: list[str], x: str
 def drive_experiment_page(
     browser: Chromium, uri: str, exp_id: str, run_ids: list[str], run_names: list[str], timeout: float
 ) -> dict:
-    """Open the experiment the way a user does (``#/experiments/<id>``, fresh profile): which view MLflow lands on
-    (the runs table for a ``custom_model_development`` experiment, the GenAI overview otherwise). Then open the runs
-    link the sweep prints and check that it lists the sweep's job runs by name."""
-    browser.send("Page.navigate", {"url": f"{uri}/#/experiments/{exp_id}"})
-    browser.wait_for("location.hash.split('?')[0].split('/').length > 3", timeout, "a view of the experiment")
-    time.sleep(1.0)  # a redirect to the default tab happens after the experiment is fetched
-    landed = browser.js("location.hash.split('?')[0]")
+    """Open the experiment from a fresh profile, first by its bare address (``#/experiments/<id>``: MLflow 3.17 opens
+    the GenAI overview there whatever the experiment's kind tag says, because a fresh browser's workflow type is
+    GenAI), then by the link quantfid prints (``experiment_url``: the runs table); then open the sweep's runs link and
+    check that it lists the sweep's job runs by name."""
+
+    def land(url: str) -> str:
+        browser.send("Page.navigate", {"url": url})
+        browser.wait_for("location.hash.split('?')[0].split('/').length > 3", timeout, f"a view of {url}")
+        time.sleep(2.0)  # the redirect to the default tab follows the experiment's fetch
+        return browser.js("location.hash.split('?')[0]")
+
+    bare = land(f"{uri}/#/experiments/{exp_id}")
+    landed = land(experiment_url(uri, exp_id))
     browser.send("Page.navigate", {"url": runs_url(uri, exp_id, run_ids=run_ids)})
     names = " && ".join(f"{PAGE_TEXT}.includes({json.dumps(n)})" for n in run_names)
     browser.wait_for(names, timeout, "every job run in the runs table")
-    return {"landed_on": landed, "runs_link_names_on_page": [n for n in run_names if n in browser.js(PAGE_TEXT)]}
+    close_assistant = "document.querySelector('[data-component-id=\"mlflow.assistant.chat_panel.close\"]')"
+    if browser.js(f"!!{close_assistant}"):  # the assistant side panel takes a third of the width
+        browser.click(close_assistant)
+        browser.wait_for(f"!{close_assistant}", timeout, "the assistant panel closed")
+    time.sleep(1.0)
+    shown = [n for n in run_names if n in browser.js(PAGE_TEXT)]
+    return {"bare_url_landed_on": bare, "landed_on": landed, "runs_link_names_on_page": shown}
 
 
 def png_facts(path: Path, plot_box: list[float] | None = None) -> dict:

@@ -20,6 +20,7 @@ from quantfid.fidelity.direction import (
     per_prompt,
     tokenize_items,
 )
+from quantfid.fidelity.measure import per_prompt_fidelity
 from quantfid.fidelity.settings import FidelityError
 
 ITEMS = [
@@ -48,16 +49,22 @@ def numpy_direction(ref, quant, items: list[TokenItem], confident=0.5, topk=5) -
     for it in items:
         n_p = len(it.prompt)
 
-        def cont_rows(model, cont, n_p=n_p, it=it):
-            return _np_lp(model, it.prompt + cont)[n_p - 1 : n_p - 1 + len(cont)]
+        stop = list(it.stop_ids)
+        more = 1 if stop else 0  # generation: one more position, whose outcome is "any stop token"
+
+        def cont_rows(model, cont, n_p=n_p, it=it, more=more):
+            return _np_lp(model, it.prompt + cont)[n_p - 1 : n_p - 1 + len(cont) + more]
+
+        def seq_ll(lp, cont, stop=stop):
+            v = sum(lp[t, tok] for t, tok in enumerate(cont))
+            return v + (logsumexp(lp[len(cont), stop]) if stop else 0.0)
 
         lls = {}
         margins = {}
         for name, model in (("r", ref), ("q", quant)):
             per_choice = []
             for g in it.gold:
-                lp = cont_rows(model, g)
-                per_choice.append(sum(lp[t, tok] for t, tok in enumerate(g)))
+                per_choice.append(seq_ll(cont_rows(model, g), g))
             lls[name] = per_choice
             if it.is_choice:
                 others = [v for m, v in enumerate(per_choice) if m != it.gold_index]
@@ -68,6 +75,9 @@ def numpy_direction(ref, quant, items: list[TokenItem], confident=0.5, topk=5) -
                 for t, tok in enumerate(it.gold[0]):
                     other = np.delete(lp[t], tok).max()
                     ms.append(lp[t, tok] - other)
+                if stop:
+                    last = lp[len(it.gold[0])]
+                    ms.append(logsumexp(last[stop]) - np.delete(last, stop).max())
                 margins[name] = min(ms)
         lp, lq = cont_rows(ref, it.refcont), cont_rows(quant, it.refcont)
         kl = _np_kl(lp, lq)
@@ -80,7 +90,7 @@ def numpy_direction(ref, quant, items: list[TokenItem], confident=0.5, topk=5) -
             conf = soft[pr]
             dis = pq != pr and conf >= confident
         else:
-            conf = math.exp(sum(lp[t, tok] for t, tok in enumerate(it.refcont)))
+            conf = math.exp(seq_ll(lp, it.refcont))
             dis = any(lq[t].argmax() != lp[t].argmax() and np.exp(lp[t].max()) >= confident for t in range(len(lp)))
         rows.append(
             dict(
@@ -123,6 +133,15 @@ def test_direction_metrics_match_numpy_float64(reference, perturbed, scale):
         else:
             assert metrics[k] == pytest.approx(v, rel=1e-4, abs=1e-5), k
     assert metrics["fid.ctl_kld_refcont"] > 0
+
+
+def test_stop_set_is_eos_and_tokens_starting_with_the_stop_string(reference):
+    tok = reference.tokenizer
+    items = tokenize_items(ITEMS, tok)
+    ids = items[0].stop_ids
+    assert tok.eos_token_id in ids and tok("\n", add_special_tokens=False)["input_ids"][-1] in ids
+    assert all(i == tok.eos_token_id or tok.decode([i]).startswith("\n") for i in ids)
+    assert items[4].stop_ids == () and items[4].is_choice
 
 
 def test_identical_model_has_no_displacement_and_no_direction(reference):
@@ -218,3 +237,28 @@ def test_bad_input_is_a_clear_error(reference):
         behavioural_metrics([True], [True, False])
     with pytest.raises(FidelityError, match="confident"):
         per_prompt(reference.model, reference.model, tokenize_items(ITEMS, reference.tokenizer), confident=1.5)
+
+
+def test_per_prompt_labelfree_columns_match_numpy(reference, perturbed):
+    quant = perturbed(reference.model, scale=0.3)
+    tok = reference.tokenizer
+    prompts = [it.prompt for it in ITEMS]
+    completions = [it.reference_output for it in ITEMS]
+    got = per_prompt_fidelity(reference.model, quant, tok, prompts, completions, batch_size=4, confident=0.5)
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        c_ids = tok(c, add_special_tokens=False)["input_ids"]
+        if not c_ids:
+            assert np.isnan(got["dir_expected_netflip"][i]) and np.isnan(got["ctl_js_refcont"][i])
+            continue
+        p_ids = tok(p)["input_ids"]
+        rows = slice(len(p_ids) - 1, len(p_ids) - 1 + len(c_ids))
+        lp, lq = _np_lp(reference.model, p_ids + c_ids)[rows], _np_lp(quant, p_ids + c_ids)[rows]
+        kl = _np_kl(lp, lq)
+        conf = math.exp(sum(lp[t, tok_] for t, tok_ in enumerate(c_ids)))
+        m_log = np.log(0.5 * (np.exp(lp) + np.exp(lq)))
+        js = (0.5 * _np_kl(lp, m_log) + 0.5 * _np_kl(lq, m_log)).mean()
+        dis = any(lq[t].argmax() != lp[t].argmax() and np.exp(lp[t].max()) >= 0.5 for t in range(len(lp)))
+        assert got["kld_completion"][i] == pytest.approx(kl.mean(), rel=1e-4, abs=1e-7)
+        assert got["dir_expected_netflip"][i] == pytest.approx(kl.mean() * (1 - 2 * conf), rel=1e-4, abs=1e-7)
+        assert got["ctl_js_refcont"][i] == pytest.approx(js, rel=1e-4, abs=1e-7)
+        assert got["dir_confident_disagree"][i] == float(dis)

@@ -31,7 +31,7 @@ def server(tmp_path_factory):
     team.stop(d)
 
 
-def test_a_second_client_downloads_the_reference_artifacts_instead_of_recomputing(server, tmp_path):
+def test_a_second_client_downloads_the_reference_artifacts_instead_of_recomputing(server, tmp_path, monkeypatch):
     sys.path.insert(0, str(REPO / "tests" / "sweep"))
     try:
         from helpers import build_tiny_model, run_sweep
@@ -59,6 +59,8 @@ def test_a_second_client_downloads_the_reference_artifacts_instead_of_recomputin
 
     import mlflow
 
+    for k, v in env.items():  # this process reads the store too, as the admin
+        monkeypatch.setenv(k, v)
     client = mlflow.MlflowClient(server.uri)
     for name in ("alice", "bob"):
         exp = client.get_experiment_by_name(name)

@@ -10,6 +10,7 @@ import pandas as pd
 
 from quantfid.analysis.cohort import COMPOSITE, SCORE_PREFIX, AnalysisInputError, Cohort
 from quantfid.analysis.direction import direction_table
+from quantfid.analysis.direction_vs_kld import direction_vs_kld
 from quantfid.analysis.equivalence import groups
 from quantfid.analysis.extended import DEFAULT_RELIABILITY_SPLITS, extended_analysis
 from quantfid.analysis.failure import failure_prediction
@@ -117,9 +118,10 @@ def select_variants(available: list[str], spec: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def analyze(cohort: Cohort, config: AnalysisConfig | None = None) -> AnalysisResult:
+def analyze(cohort: Cohort, config: AnalysisConfig | None = None, truth: pd.Series | None = None) -> AnalysisResult:
     """Silent zone (equivalence, and the paper's McNemar zone), correlations with noise ceilings and cross-fitting,
-    volume/direction/balance, failure prediction with its controls, router with its baselines, on one cohort."""
+    volume/direction/balance, failure prediction with its controls, router with its baselines, and the pre-registered
+    direction-aware metrics vs KLD comparison (``truth``: quant -> composite score on the ground-truth draw)."""
     config = config or AnalysisConfig()
     t0 = time.perf_counter()
     chosen = select_variants(cohort.variants, config.variants)
@@ -224,6 +226,12 @@ def analyze(cohort: Cohort, config: AnalysisConfig | None = None) -> AnalysisRes
     if len(silent_q) < 3:
         notes.append(f"the silent zone holds {len(silent_q)} quant(s): fewer than 3: no correlation there")
 
+    dvk = direction_vs_kld(cohort, matrices, config.silent, primary, n_splits=config.crossfit_splits,
+                           n_boot=config.n_boot, seed=config.seed, level=config.level, alpha=config.silent.alpha,
+                           truth=truth)  # fmt: skip
+    if dvk is None and any(v.endswith("@calibration") for v in cohort.variants):
+        notes.append("direction_vs_kld not computed: needs per-prompt outcomes and the primary KLD variant")
+
     headline = _headline(corr, primary, failure, router)
     sz_extra = {}
     if method == "equivalence":
@@ -296,6 +304,7 @@ def analyze(cohort: Cohort, config: AnalysisConfig | None = None) -> AnalysisRes
         },
         "router": None if router is None else _clean_dict(router),  # no decision at all: NaN -> null
         **ext,
+        "direction_vs_kld": dvk,
         "notes": notes,
         "elapsed_s": round(time.perf_counter() - t0, 3),
     }

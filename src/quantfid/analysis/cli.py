@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from quantfid.analysis.analyze import AnalysisConfig, AnalysisResult, analyze
-from quantfid.analysis.cohort import COMPOSITE, AnalysisInputError, Cohort
+from quantfid.analysis.cohort import COMPOSITE, SCORE_PREFIX, AnalysisInputError, Cohort
 from quantfid.analysis.equivalence import DEFAULT_DELTA, SCOPES
 from quantfid.analysis.extended import DEFAULT_RELIABILITY_SPLITS
 from quantfid.analysis.external import import_external
@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--sweep-id", action="append", default=[], help="quantfid.sweep_id to select (repeatable)")
     src.add_argument("--filter", help="extra MLflow filter string, ANDed (e.g. \"params.`quant.bits` = '4'\")")
     src.add_argument("--workers", type=int, default=16, help="parallel artifact reads (default 16)")
+    src.add_argument("--truth-experiment",
+                     help="experiment of the ground-truth preset (experiment=organism_truth) in the same store: its "
+                          "composite scores are the near-noise-free target of direction_vs_kld")  # fmt: skip
     ext = p.add_argument_group("source: external cohort files (instead of the tracking store)")
     ext.add_argument("--csv", help="cohort CSV: quant, score, n, [task], fidelity metric columns")
     ext.add_argument(
@@ -137,6 +140,15 @@ def load_from_args(args: argparse.Namespace) -> Cohort:
                        max_workers=args.workers, progress=not args.no_progress)  # fmt: skip
 
 
+def truth_scores(args: argparse.Namespace):
+    """Composite score per quant name from the ground-truth experiment (None without ``--truth-experiment``)."""
+    if not args.truth_experiment:
+        return None
+    truth = load_cohort(args.tracking_uri, [args.truth_experiment], with_outcomes=False,
+                        progress=not args.no_progress)  # fmt: skip
+    return truth.table[SCORE_PREFIX + COMPOSITE]
+
+
 def log_analysis_run(res: AnalysisResult, paths: dict[str, Path], tracking_uri: str | None, experiment: str) -> str:
     """Log report, summary and plots as artifacts of a new FINISHED run tagged quantfid.role=analysis."""
     from mlflow import MlflowClient
@@ -222,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             crossfit_splits=args.crossfit_splits, power=args.power, max_clogit_cells=args.max_clogit_cells,
         )  # fmt: skip
         cohort = load_from_args(args)
-        res = analyze(cohort, cfg)
+        res = analyze(cohort, cfg, truth_scores(args))
     except AnalysisInputError as e:
         print(f"quantfid-analyze: error: {e}", file=sys.stderr)
         return 2

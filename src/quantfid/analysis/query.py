@@ -21,11 +21,17 @@ from tqdm.auto import tqdm
 
 from quantfid.analysis.cohort import N_PREFIX, SCORE_PREFIX, AnalysisInputError, Cohort
 from quantfid.api import schema as S
-from quantfid.api.variants import CALIBRATION_STATS, calibration_variant_name, variant_name
+from quantfid.api.variants import (
+    BEHAVIOURAL_DETAILS,
+    CALIBRATION_DETAILS,
+    CALIBRATION_STATS,
+    calibration_variant_name,
+    variant_name,
+)
 
 TAG = S.TAG_PREFIX
 OUTCOMES_PATH = S.OUTCOMES_ARTIFACT
-_READ_COLUMNS = [*S.OUTCOME_KEY_COLUMNS, *S.FIDELITY_COLUMNS]
+_READ_COLUMNS = [*S.OUTCOME_KEY_COLUMNS, *S.FIDELITY_COLUMNS, *S.DIRECTION_COLUMNS]
 
 
 def search_cohort_runs(
@@ -140,7 +146,8 @@ def cohort_from_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[
                 if stat in CALIBRATION_STATS:  # one value per quant, logged on each of its runs
                     name = calibration_variant_name(stat)
                     rec.setdefault(name, float(v))
-                    variants.add(name)
+                    if stat not in BEHAVIOURAL_DETAILS and stat not in CALIBRATION_DETAILS:  # bookkeeping: table only
+                        variants.add(name)
                     continue
                 if run_corpus is None:  # a run without a fidelity setting: the bare statistic
                     name = stat
@@ -213,7 +220,7 @@ def _read_outcomes(run_id: str, artifact_uri: str, tracking_uri: str | None, tmp
         raise AnalysisInputError(f"run {run_id}: {OUTCOMES_PATH} lacks column(s) {missing} (schema v1)")
     t = pf.read(columns=[c for c in _READ_COLUMNS if c in names])
     types = {"task": pa.string(), "prompt_id": pa.string(), "passed": pa.bool_(), "kld_prompt": pa.float64(),
-             "kld_completion": pa.float64()}  # fmt: skip
+             "kld_completion": pa.float64(), **{c: pa.float64() for c in S.DIRECTION_COLUMNS}}  # fmt: skip
     cols = [t.column(c).cast(types[c]) if c in t.column_names else pa.nulls(len(t), types[c]) for c in _READ_COLUMNS]
     return pa.table(cols, names=_READ_COLUMNS)
 

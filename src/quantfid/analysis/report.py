@@ -21,6 +21,7 @@ from quantfid.analysis import report_top
 from quantfid.analysis.analyze import PAPER14, AnalysisResult
 from quantfid.analysis.cohort import COMPOSITE, SCORE_PREFIX
 from quantfid.analysis.render import fmt, img, log_axis, save, table
+from quantfid.analysis.report_direction import direction_vs_kld_section
 
 SILENT_COLOR, OUTSIDE_COLOR, REF_COLOR = "#1f77b4", "#d62728", "#444444"
 MAX_PLOTTED_VARIANTS = 40
@@ -216,6 +217,7 @@ def write_report(res: AnalysisResult, out_dir: str | Path) -> dict[str, Path]:
     for n in s["notes"]:
         parts.append(f"<p class='note'>{html.escape(n)}</p>")
     parts.extend(report_top.top_section(res, paths))
+    parts.extend(direction_vs_kld_section(s))
     parts.append("<h1>Details</h1>")
     if s.get("headline"):
         h = pd.DataFrame(s["headline"]).set_index("name")

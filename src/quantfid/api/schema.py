@@ -62,7 +62,7 @@ COHORT_ROLES = (ROLE_QUANT, ROLE_REFERENCE)
 REFERENCE_NAME = "reference"
 
 # ---- params: every key of these config groups, flattened with ``.``
-PARAM_GROUPS = ("model", "quant", "fidelity", "bench")
+PARAM_GROUPS = ("model", "quant", "fidelity", "bench", "direction")
 PARAM_CORPUS = "fidelity.corpus"
 PARAM_CONTEXT = "fidelity.context"
 #: Set by the sweep, not configured: the corpus's resolved spec (JSON), its content hash (the corpus's identity, in the
@@ -124,8 +124,12 @@ OUTCOME_COLUMNS = ("task", "prompt_id", "prompt_hash", "output", "passed", "scor
 EXTRA_COLUMNS = ("task_version", "prompt", "expected", "detail")
 #: Per-prompt fidelity the sweep adds: mean token KLD on the prompt, and teacher-forced on the reference's output.
 FIDELITY_COLUMNS = ("kld_prompt", "kld_completion")
+# ---- direction-aware per-prompt columns (issue 15; docs/fidelity.md): label-free, from the reference's own output
+#: Per prompt, NaN when not measured: expected net flip (KL x (1 - 2 x reference confidence)), confident
+#: disagreement (1/0) and Jensen-Shannon on the reference's completion (the volume control).
+DIRECTION_COLUMNS = ("dir_expected_netflip", "dir_confident_disagree", "ctl_js_refcont")
 #: The logged table's leading columns (then :data:`EXTRA_COLUMNS`).
-LOGGED_OUTCOME_COLUMNS = (*OUTCOME_COLUMNS, *FIDELITY_COLUMNS)
+LOGGED_OUTCOME_COLUMNS = (*OUTCOME_COLUMNS, *FIDELITY_COLUMNS, *DIRECTION_COLUMNS)
 #: The columns the analysis needs of a logged table (the rest of it is for people).
 OUTCOME_KEY_COLUMNS = ("task", "prompt_id", "passed")
 
@@ -158,7 +162,7 @@ def conform_outcomes(outcomes: pd.DataFrame) -> pd.DataFrame:
     df = outcomes.copy()
     if "score" not in df:
         df["score"] = df["passed"].astype(float)
-    for col in FIDELITY_COLUMNS:
+    for col in (*FIDELITY_COLUMNS, *DIRECTION_COLUMNS):
         if col not in df:
             df[col] = math.nan
     missing = [c for c in LOGGED_OUTCOME_COLUMNS if c not in df]

@@ -16,9 +16,19 @@ Either way :func:`calibration_instances` checks the result against the task's ev
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
+import pandas as pd
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from quantfid.api.io import write_parquet_atomic
+from quantfid.api.paths import cache_dir as default_cache_dir
 from quantfid.bench.registry import Task, TaskConfigError, load_task
+from quantfid.bench.runner import run_task
 from quantfid.bench.sources import Prompt, all_prompts, is_calibration, load_prompts, prompt_hash
 from quantfid.data import tasks as organism_tasks
 
@@ -116,3 +126,34 @@ def calibration_instances(task_name: str, n: int | None = None) -> list[Prompt]:
 def calibration_hashes(task_name: str, n: int | None = None) -> set[str]:
     """Prompt hashes of the task's calibration prompts (what evaluation must never contain)."""
     return {p.prompt_hash for p in calibration_instances(task_name, n)}
+
+
+def calibration_outcomes(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    fingerprint: str,
+    task_names: Sequence[str],
+    *,
+    n: int | None = None,
+    cache_dir: str | Path | None = None,
+) -> pd.DataFrame:
+    """Outcomes of ``model`` on the calibration prompts of ``task_names`` (the outcome table of ``run_tasks``, scored
+    by each task's own scoring, greedy), cached under ``<cache_dir>/calibration/<fingerprint>/`` by the task's
+    ``spec_hash`` and the calibration prompts' hashes. lm-eval-scored tasks cannot be scored on given prompts."""
+    if not fingerprint:
+        raise ValueError("fingerprint must identify the model (a non-empty string)")
+    frames = []
+    for name in tqdm(list(task_names), desc="calibration outcomes", unit="task", leave=False):
+        task = load_task(name)
+        prompts = calibration_instances(name, n)
+        key = json.dumps([task.spec_hash, [p.prompt_hash for p in prompts]])
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        path = root / "calibration" / fingerprint / task.name.replace("/", "__") / f"v{task.version}-{digest}.parquet"
+        if path.is_file():
+            frames.append(pd.read_parquet(path))
+            continue
+        df = run_task(model, tokenizer, task, prompts=prompts)
+        write_parquet_atomic(df, path)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)

@@ -151,14 +151,19 @@ def run_task(
     max_prompts: int | None = None,
     context_limit: int | None = None,
     chat_template: bool = False,
+    prompts: list[Prompt] | None = None,
 ) -> pd.DataFrame:
     """Outcomes of one loaded task (see :func:`run_tasks`). ``chat_template`` (or the task's own
     ``generation.chat_template``) wraps every generation prompt in the tokenizer's chat template; the ``prompt``
-    column then holds the text the model saw, ``prompt_hash`` stays the raw prompt's."""
-    if task.source["type"] == "lm_eval":
+    column then holds the text the model saw, ``prompt_hash`` stays the raw prompt's. ``prompts`` replaces the task's
+    evaluation prompts (the calibration prompts of quantfid.bench.calibration are scored this way, with the task's
+    own scoring)."""
+    if task.source["type"] == "lm_eval" and prompts is None:
         return run_lm_eval_task(model, tokenizer, task, max_prompts=max_prompts)
+    if task.source["type"] == "lm_eval" and task.scoring.type == "lm_eval":
+        raise TaskConfigError(f"task {task.name!r}: lm-eval scoring runs inside lm-eval, not on given prompts")
     limit = context_limit or context_limit_of(model, tokenizer)
-    prompts = load_prompts(task, max_prompts)
+    prompts = load_prompts(task, max_prompts) if prompts is None else prompts
     if (chat_template or task.generation.chat_template) and task.scoring.type != "choice":
         prompts = [replace(p, text=chat_prompt(tokenizer, p.text)) for p in prompts]
     if task.scoring.type == "choice":

@@ -8,9 +8,11 @@ reference's own continuation``. Formulas, signs and costs: docs/fidelity.md. Nam
 
 Per prompt (``m`` = reference or quant; log-probs from :func:`quantfid.api.divergence.log_probs`, float64):
 
-- ``ll_m``: log-likelihood of the gold continuation (generation: answer + stop string; choice: the right choice);
-- ``margin_m``: gold-vs-best-distractor margin: generation, the smallest over the gold tokens of
-  ``log p(gold token) - max log p(any other token)`` (> 0 exactly when greedy decoding reproduces the gold answer);
+- ``ll_m``: log-likelihood of the gold continuation (generation: the answer's tokens, then the *stop set*, i.e. EOS
+  or any token whose text starts with the task's stop string, as one outcome; choice: the right choice);
+- ``margin_m``: gold-vs-best-distractor margin: generation, the smallest over the gold positions of
+  ``log p(gold token) - max log p(any other token)`` (at the last position: ``log p(stop set) - max log p(a token
+  outside it)``), > 0 exactly when greedy decoding produces the gold answer and stops;
   choice, ``ll(right choice) - max ll(other choices)``. The reference is *right* (teacher-forced) when
   ``margin_ref > 0``;
 - ``d``: mean token KL(ref || quant) over the positions of the reference's own continuation; ``c``: the reference's
@@ -25,6 +27,7 @@ Signed statistics are positive toward correct answers.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,13 +58,15 @@ class CalibrationItem:
 
 @dataclass(frozen=True)
 class TokenItem:
-    """A calibration prompt as token ids: ``gold`` holds one continuation (generation) or one per choice."""
+    """A calibration prompt as token ids: ``gold`` holds one continuation (generation) or one per choice. With
+    ``stop_ids`` (generation) every continuation is followed by one more position whose outcome is "a stop token"."""
 
     prompt: tuple[int, ...]
     gold: tuple[tuple[int, ...], ...]
     gold_index: int
     refcont: tuple[int, ...]
     is_choice: bool
+    stop_ids: tuple[int, ...] = ()
 
 
 @dataclass
@@ -84,6 +89,7 @@ def tokenize_items(items: Sequence[CalibrationItem], tokenizer: PreTrainedTokeni
     if not items:
         raise FidelityError("direction metrics need at least one calibration prompt; got none")
     prompts = tokenizer([it.prompt for it in items])["input_ids"]
+    stops: dict[str, tuple[int, ...]] = {}
 
     def enc(text: str) -> tuple[int, ...]:
         return tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else ()
@@ -97,20 +103,32 @@ def tokenize_items(items: Sequence[CalibrationItem], tokenizer: PreTrainedTokeni
             refcont = enc(it.reference_output)
             index = it.answer_index
         else:
-            gold = (enc(it.answer + it.stop),)
-            refcont = enc(it.reference_output + it.stop)
+            gold = (enc(it.answer),)
+            refcont = enc(it.reference_output)
             index = 0
-        if any(len(g) == 0 for g in gold) or not refcont:
+        if it.stop and not it.choices and it.stop not in stops:
+            stops[it.stop] = stop_ids(tokenizer, it.stop)
+        sid = stops.get(it.stop, ()) if not it.choices else ()
+        if not sid and (any(len(g) == 0 for g in gold) or not refcont):
             raise FidelityError(f"calibration prompt {it.prompt[:40]!r}: empty gold or reference continuation")
-        out.append(TokenItem(tuple(p), gold, index, refcont, bool(it.choices)))
+        out.append(TokenItem(tuple(p), gold, index, refcont, bool(it.choices), sid))
     return out
+
+
+def stop_ids(tokenizer: PreTrainedTokenizerBase, stop: str) -> tuple[int, ...]:
+    """Token ids that end a greedy generation right there: EOS and every token whose text starts with ``stop``."""
+    ids = {i for i in range(len(tokenizer)) if tokenizer.decode([i]).startswith(stop)}
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return tuple(sorted(ids))
 
 
 @torch.no_grad()
 def _rows(
-    model: torch.nn.Module, seqs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], pad: int
+    model: torch.nn.Module, seqs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], pad: int, extra: Sequence[bool]
 ) -> list[torch.Tensor]:
-    """Per (prompt, continuation): float64 log-prob rows at the positions that predict the continuation's tokens."""
+    """Per (prompt, continuation): float64 log-prob rows at the positions that predict the continuation's tokens,
+    and (``extra``) the next position, after the continuation."""
     device = next(model.parameters()).device
     full = [p + c for p, c in seqs]
     width = max(map(len, full))
@@ -121,29 +139,79 @@ def _rows(
         mask[row, : len(s)] = 1
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
     out = []
-    for row, (p, c) in enumerate(seqs):
-        rows = logits[row, len(p) - 1 : len(p) - 1 + len(c)]
+    for row, ((p, c), more) in enumerate(zip(seqs, extra, strict=True)):
+        rows = logits[row, len(p) - 1 : len(p) - 1 + len(c) + int(more)]
         if bad_logits(rows):
             raise FidelityError("NaN/inf logits on a calibration prompt: the model is numerically broken")
         out.append(log_probs(rows).cpu())
     return out
 
 
-def _margin_tokens(lp: torch.Tensor, target: tuple[int, ...]) -> float:
-    """min over positions of log p(target) - max log p(other token)."""
-    t = torch.tensor(target, dtype=torch.long)
-    gold = lp.gather(-1, t[:, None])[:, 0]
-    other = lp.scatter(-1, t[:, None], float("-inf")).amax(-1)
-    return float((gold - other).min())
+def _margin_tokens(lp: torch.Tensor, target: tuple[int, ...], stops: tuple[int, ...]) -> float:
+    """min over positions of log p(target) - max log p(other token); the stop position (last row, with ``stops``):
+    log p(stop set) - max log p(token outside it)."""
+    margins = []
+    if target:
+        t = torch.tensor(target, dtype=torch.long)
+        rows = lp[: len(target)]
+        gold = rows.gather(-1, t[:, None])[:, 0]
+        margins.append(gold - rows.scatter(-1, t[:, None], float("-inf")).amax(-1))
+    if stops:
+        s = torch.tensor(stops, dtype=torch.long)
+        last = lp[len(target)]
+        margins.append((torch.logsumexp(last[s], 0) - last.index_fill(0, s, float("-inf")).max())[None])
+    return float(torch.cat(margins).min())
 
 
-def _ll(lp: torch.Tensor, target: tuple[int, ...]) -> float:
-    return float(lp.gather(-1, torch.tensor(target, dtype=torch.long)[:, None]).sum())
+def _ll(lp: torch.Tensor, target: tuple[int, ...], stops: tuple[int, ...] = ()) -> float:
+    """Log-likelihood of ``target`` (and of then stopping, with ``stops``) from its rows ``lp``."""
+    out = float(lp[: len(target)].gather(-1, torch.tensor(target, dtype=torch.long)[:, None]).sum()) if target else 0.0
+    if stops:
+        out += float(torch.logsumexp(lp[len(target)][torch.tensor(stops, dtype=torch.long)], 0))
+    return out
 
 
 def _js(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
     lm = torch.logaddexp(lp, lq) - math.log(2.0)
     return 0.5 * kl_divergence(lp, lm) + 0.5 * kl_divergence(lq, lm)
+
+
+#: Reference log-prob rows kept between quants (the reference is the same for every quant of a sweep), per reference
+#: module, up to this many bytes (float32: the rows are float64 values rounded through float32, so nothing is lost).
+REFERENCE_ROWS_BUDGET = 1 << 30
+_REF_ROWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+Key = tuple[tuple[int, ...], tuple[int, ...], bool]
+
+
+def _all_rows(
+    model: torch.nn.Module, keys: Sequence[Key], pad: int, batch_size: int, progress: bool, desc: str
+) -> dict[Key, torch.Tensor]:
+    """Rows of every distinct (prompt, continuation, stop row) sequence, batched by length (little padding)."""
+    uniq = sorted(set(keys), key=lambda k: len(k[0]) + len(k[1]))
+    out: dict[Key, torch.Tensor] = {}
+    for start in tqdm(range(0, len(uniq), batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
+        b = uniq[start : start + batch_size]
+        out.update(zip(b, _rows(model, [(p, c) for p, c, _ in b], pad, [m for *_, m in b]), strict=True))
+    return out
+
+
+def _reference_rows(
+    reference: torch.nn.Module, keys: Sequence[Key], pad: int, batch_size: int, progress: bool
+) -> dict[Key, torch.Tensor]:
+    """The reference's rows, computed once per reference and sequence (within :data:`REFERENCE_ROWS_BUDGET`)."""
+    try:
+        store = _REF_ROWS.setdefault(reference, {})
+    except TypeError:  # not weak-referenceable: no reuse
+        store = {}
+    missing = [k for k in set(keys) if k not in store]
+    fresh = _all_rows(reference, missing, pad, batch_size, progress, "direction (reference)") if missing else {}
+    used = sum(v.numel() * 4 for v in store.values())
+    for k, v in fresh.items():
+        if used + v.numel() * 4 <= REFERENCE_ROWS_BUDGET:
+            store[k] = v.float()
+            used += v.numel() * 4
+    return {k: (fresh[k] if k in fresh else store[k].double()) for k in set(keys)}
 
 
 def per_prompt(
@@ -157,48 +225,55 @@ def per_prompt(
     batch_size: int = 32,
     progress: bool = True,
 ) -> PerPrompt:
-    """The per-prompt quantities of ``model`` against ``reference`` on tokenised calibration prompts."""
+    """The per-prompt quantities of ``model`` against ``reference`` on tokenised calibration prompts.
+
+    Every distinct sequence is run once per model (a reference that is right on a prompt has gold = its own
+    continuation), batched by length; the reference's rows are reused across quants."""
     if not 0.0 < confident < 1.0:
         raise FidelityError(f"direction.confident={confident!r} must be in (0, 1)")
     n = len(items)
     cols = {k: np.empty(n) for k in ("llr", "llq", "mr", "mq", "d", "c", "js", "tk")}
     dis = np.zeros(n, dtype=bool)
-    for start in tqdm(range(0, n, batch_size), desc="direction", unit="batch", leave=False, disable=not progress):
-        batch = items[start : start + batch_size]
-        gold_seqs = [(it.prompt, g) for it in batch for g in it.gold]
-        ref_seqs = [(it.prompt, it.refcont) for it in batch]
-        g_ref, g_q = _rows(reference, gold_seqs, pad), _rows(model, gold_seqs, pad)
-        c_ref, c_q = _rows(reference, ref_seqs, pad), _rows(model, ref_seqs, pad)
-        k = 0
-        for j, it in enumerate(batch):
-            i = start + j
-            lls_r = [_ll(g_ref[k + m], g) for m, g in enumerate(it.gold)]
-            lls_q = [_ll(g_q[k + m], g) for m, g in enumerate(it.gold)]
-            gi = it.gold_index
-            cols["llr"][i], cols["llq"][i] = lls_r[gi], lls_q[gi]
-            lp, lq = c_ref[j], c_q[j]
-            kl = kl_divergence(lp, lq)
-            cols["d"][i] = float(kl.mean())
-            cols["js"][i] = float(_js(lp, lq).mean())
-            kk = min(topk, lp.shape[-1])
-            top_p, top_q = lp.topk(kk, -1).indices, lq.topk(kk, -1).indices
-            cols["tk"][i] = float((top_p[:, :, None] == top_q[:, None, :]).any(-1).double().mean(-1).mean())
-            if it.is_choice:
-                others_r = [v for m, v in enumerate(lls_r) if m != gi]
-                others_q = [v for m, v in enumerate(lls_q) if m != gi]
-                cols["mr"][i] = lls_r[gi] - max(others_r) if others_r else math.inf
-                cols["mq"][i] = lls_q[gi] - max(others_q) if others_q else math.inf
-                soft = torch.softmax(torch.tensor(lls_r, dtype=torch.float64), 0)
-                pick_r, pick_q = int(np.argmax(lls_r)), int(np.argmax(lls_q))
-                cols["c"][i] = float(soft[pick_r])
-                dis[i] = pick_q != pick_r and cols["c"][i] >= confident
-            else:
-                cols["mr"][i] = _margin_tokens(g_ref[k], it.gold[0])
-                cols["mq"][i] = _margin_tokens(g_q[k], it.gold[0])
-                cols["c"][i] = math.exp(_ll(lp, it.refcont))
-                top_prob, arg_p = lp.max(-1)
-                dis[i] = bool(((lq.argmax(-1) != arg_p) & (top_prob.exp() >= confident)).any())
-            k += len(it.gold)
+    gold_keys = [[(it.prompt, g, bool(it.stop_ids)) for g in it.gold] for it in items]
+    cont_keys = [(it.prompt, it.refcont, bool(it.stop_ids)) for it in items]
+    keys = [*cont_keys, *(k for ks in gold_keys for k in ks)]
+    rows_r = _reference_rows(reference, keys, pad, batch_size, progress)
+    rows_q = rows_r if model is reference else _all_rows(model, keys, pad, batch_size, progress, "direction")
+    for i, it in enumerate(items):
+        lp, lq = rows_r[cont_keys[i]], rows_q[cont_keys[i]]
+        g_ref = [rows_r[k] for k in gold_keys[i]]
+        g_q = [rows_q[k] for k in gold_keys[i]]
+        kl = kl_divergence(lp, lq)
+        cols["d"][i] = float(kl.mean())
+        cols["js"][i] = float(_js(lp, lq).mean())
+        kk = min(topk, lp.shape[-1])
+        top_p, top_q = lp.topk(kk, -1).indices, lq.topk(kk, -1).indices
+        cols["tk"][i] = float((top_p[:, :, None] == top_q[:, None, :]).any(-1).double().mean(-1).mean())
+        if not it.gold:  # label-free only (evaluation prompts): the reference's own continuation
+            cols["llr"][i] = cols["llq"][i] = cols["mr"][i] = cols["mq"][i] = math.nan
+            cols["c"][i] = math.exp(_ll(lp, it.refcont, it.stop_ids))
+            top_prob, arg_p = lp.max(-1)
+            dis[i] = bool(((lq.argmax(-1) != arg_p) & (top_prob.exp() >= confident)).any())
+            continue
+        lls_r = [_ll(g_ref[m], g, it.stop_ids) for m, g in enumerate(it.gold)]
+        lls_q = [_ll(g_q[m], g, it.stop_ids) for m, g in enumerate(it.gold)]
+        gi = it.gold_index
+        cols["llr"][i], cols["llq"][i] = lls_r[gi], lls_q[gi]
+        if it.is_choice:
+            others_r = [v for m, v in enumerate(lls_r) if m != gi]
+            others_q = [v for m, v in enumerate(lls_q) if m != gi]
+            cols["mr"][i] = lls_r[gi] - max(others_r) if others_r else math.inf
+            cols["mq"][i] = lls_q[gi] - max(others_q) if others_q else math.inf
+            soft = torch.softmax(torch.tensor(lls_r, dtype=torch.float64), 0)
+            pick_r, pick_q = int(np.argmax(lls_r)), int(np.argmax(lls_q))
+            cols["c"][i] = float(soft[pick_r])
+            dis[i] = pick_q != pick_r and cols["c"][i] >= confident
+        else:
+            cols["mr"][i] = _margin_tokens(g_ref[0], it.gold[0], it.stop_ids)
+            cols["mq"][i] = _margin_tokens(g_q[0], it.gold[0], it.stop_ids)
+            cols["c"][i] = math.exp(_ll(lp, it.refcont, it.stop_ids))
+            top_prob, arg_p = lp.max(-1)
+            dis[i] = bool(((lq.argmax(-1) != arg_p) & (top_prob.exp() >= confident)).any())
     return PerPrompt(
         cols["llr"], cols["llq"], cols["mr"], cols["mq"], cols["d"], cols["c"], dis, cols["js"], cols["tk"]
     )
@@ -293,3 +368,16 @@ def measure_direction(
         progress=progress,
     )
     return aggregate_direction(pp), pp
+
+
+def labelfree_from_rows(
+    lp: torch.Tensor, lq: torch.Tensor, cont: Sequence[int], confident: float = 0.5
+) -> tuple[float, float, float]:
+    """Per-prompt label-free columns from the reference's and the quant's log-prob rows at the positions that predict
+    the reference's own completion ``cont``: (expected net flip = mean KL x (1 - 2 x p_ref(completion)), confident
+    disagreement 1.0/0.0, mean Jensen-Shannon). Used on the evaluation prompts (api.schema.DIRECTION_COLUMNS)."""
+    kl = kl_divergence(lp, lq)
+    conf = math.exp(float(lp.gather(-1, torch.tensor(list(cont), dtype=torch.long)[:, None]).sum()))
+    top_prob, arg_p = lp.max(-1)
+    dis = bool(((lq.argmax(-1) != arg_p) & (top_prob.exp() >= confident)).any())
+    return float(kl.mean()) * (1.0 - 2.0 * conf), float(dis), float(_js(lp, lq).mean())

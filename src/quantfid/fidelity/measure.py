@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from quantfid.api.divergence import log_probs, token_kld
+from quantfid.api.schema import DIRECTION_COLUMNS
 from quantfid.fidelity.cache import (
     ReferenceCache,
     bad_logits,
@@ -21,6 +22,7 @@ from quantfid.fidelity.cache import (
     pad_id,
     scored_rows,
 )
+from quantfid.fidelity.direction import labelfree_from_rows
 from quantfid.fidelity.metrics import PER_TOKEN_FIELDS, aggregate, per_token_exact, per_token_topk
 from quantfid.fidelity.settings import FidelityError
 
@@ -155,6 +157,54 @@ def _forward_logprobs(
 
 
 @torch.no_grad()
+def per_prompt_fidelity(
+    reference_model: torch.nn.Module,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    reference_completions: Sequence[str],
+    batch_size: int = 32,
+    confident: float | None = None,
+) -> dict[str, np.ndarray]:
+    """Per prompt, from one forward pass of each model over prompt + the reference's completion: ``kld_prompt`` and
+    ``kld_completion`` (see :func:`per_prompt_kld`) and, with ``confident`` set, the label-free direction columns of
+    quantfid.api.schema.DIRECTION_COLUMNS on the completion's positions (quantfid.fidelity.direction). NaN where
+    the completion is empty or the logits are not finite."""
+    if len(prompts) != len(reference_completions):
+        raise FidelityError(
+            f"per_prompt_kld: {len(prompts)} prompts but {len(reference_completions)} reference completions"
+        )
+    p_ids = tokenizer(list(prompts))["input_ids"]
+    c_ids = tokenizer(list(reference_completions), add_special_tokens=False)["input_ids"]
+    pad = pad_id(tokenizer)
+    dev_r = next(reference_model.parameters()).device
+    dev_q = next(model.parameters()).device
+    names = ["kld_prompt", "kld_completion", *(DIRECTION_COLUMNS if confident is not None else ())]
+    out = {k: np.full(len(p_ids), math.nan) for k in names}
+    for start in tqdm(range(0, len(p_ids), batch_size), desc="per-prompt kld", unit="batch", leave=False):
+        seqs = [
+            p + c for p, c in zip(p_ids[start : start + batch_size], c_ids[start : start + batch_size], strict=True)
+        ]
+        ref_logits = _forward_logprobs(reference_model, seqs, pad, dev_r)
+        q_logits = _forward_logprobs(model, seqs, pad, dev_q)
+        for j, (lr, lqq) in enumerate(zip(ref_logits, q_logits, strict=True)):
+            i = start + j
+            n_p, n_c = len(p_ids[i]), len(c_ids[i])
+            if bad_logits(lqq) or bad_logits(lr):
+                continue
+            kld = token_kld(lr, lqq)
+            out["kld_prompt"][i] = float(kld[:n_p].mean())
+            if not n_c:
+                continue
+            out["kld_completion"][i] = float(kld[n_p - 1 : n_p - 1 + n_c].mean())
+            if confident is not None:
+                rows = slice(n_p - 1, n_p - 1 + n_c)
+                lp, lq = log_probs(lr[rows]).cpu(), log_probs(lqq[rows]).cpu()
+                for k, v in zip(DIRECTION_COLUMNS, labelfree_from_rows(lp, lq, c_ids[i], confident), strict=True):
+                    out[k][i] = v
+    return out
+
+
 def per_prompt_kld(
     reference_model: torch.nn.Module,
     model: torch.nn.Module,
@@ -171,29 +221,5 @@ def per_prompt_kld(
     ``kld_completion`` averages the positions that predict each completion token. Full vocabulary, no cache.
     An empty completion gives NaN there; NaN/inf logits give NaN for that prompt.
     """
-    if len(prompts) != len(reference_completions):
-        raise FidelityError(
-            f"per_prompt_kld: {len(prompts)} prompts but {len(reference_completions)} reference completions"
-        )
-    p_ids = tokenizer(list(prompts))["input_ids"]
-    c_ids = tokenizer(list(reference_completions), add_special_tokens=False)["input_ids"]
-    pad = pad_id(tokenizer)
-    dev_r = next(reference_model.parameters()).device
-    dev_q = next(model.parameters()).device
-    out: list[tuple[float, float]] = []
-    for start in tqdm(range(0, len(p_ids), batch_size), desc="per-prompt kld", unit="batch", leave=False):
-        seqs = [
-            p + c for p, c in zip(p_ids[start : start + batch_size], c_ids[start : start + batch_size], strict=True)
-        ]
-        ref_logits = _forward_logprobs(reference_model, seqs, pad, dev_r)
-        q_logits = _forward_logprobs(model, seqs, pad, dev_q)
-        for j, (lr, lqq) in enumerate(zip(ref_logits, q_logits, strict=True)):
-            n_p, n_c = len(p_ids[start + j]), len(c_ids[start + j])
-            if bad_logits(lqq) or bad_logits(lr):
-                out.append((math.nan, math.nan))
-                continue
-            kld = token_kld(lr, lqq)
-            k_prompt = float(kld[:n_p].mean())
-            k_comp = float(kld[n_p - 1 : n_p - 1 + n_c].mean()) if n_c else math.nan
-            out.append((k_prompt, k_comp))
-    return out
+    cols = per_prompt_fidelity(reference_model, model, tokenizer, prompts, reference_completions, batch_size)
+    return list(zip(cols["kld_prompt"].tolist(), cols["kld_completion"].tolist(), strict=True))

@@ -20,9 +20,12 @@ from quantfid.api import schema as S
 from quantfid.api.io import write_parquet_atomic
 from quantfid.bench import cached_outcomes
 from quantfid.bench.cache import outcome_cache_path
+from quantfid.bench.calibration import calibration_instances, calibration_outcomes
 from quantfid.bench.perf import PerfResult, PerfWorkload, measure_perf
 from quantfid.bench.registry import load_task
-from quantfid.fidelity import FidelityResult, FidelitySettings, check_corpus, measure_setting, per_prompt_kld
+from quantfid.fidelity import FidelityResult, FidelitySettings, check_corpus, measure_setting
+from quantfid.fidelity.direction import CalibrationItem, behavioural_metrics, measure_direction
+from quantfid.fidelity.measure import per_prompt_fidelity
 from quantfid.models.loading import ModelSpec, Reference, load_reference
 from quantfid.quant import QuantConfigError, QuantizedModel, quantize, reference_quant, validate_quant_config
 from quantfid.tracking.shared import fetch_file, publish_file
@@ -244,13 +247,33 @@ def log_inputs(client: Any, run_id: str, inputs: list[tuple[Any, str]]) -> None:
         )
 
 
-def _kld_cache_path(ref: Reference, quant: QuantizedModel, bench_cfg: Mapping[str, Any], cache_dir: Path) -> Path:
-    """Per-prompt KLD of a quant, beside its outcomes: keyed by both models and the tasks' outcome cache keys."""
+def _kld_cache_path(
+    ref: Reference,
+    quant: QuantizedModel,
+    bench_cfg: Mapping[str, Any],
+    cache_dir: Path,
+    direction_cfg: Mapping[str, Any] | None = None,
+) -> Path:
+    """Per-prompt KLD of a quant, beside its outcomes: keyed by both models, the tasks' outcome cache keys and the
+    direction settings of the label-free columns."""
     tasks = [load_task(t) for t in bench_cfg.get("tasks") or []]
     chat = bool(bench_cfg.get("chat_template", False))
     keys = [outcome_cache_path(quant.fingerprint, t, _limit(bench_cfg), None, cache_dir, chat).name for t in tasks]
-    payload = json.dumps({"quant": quant.fingerprint, "reference": ref.fingerprint, "tasks": keys})
+    payload = json.dumps(
+        {
+            "quant": quant.fingerprint,
+            "reference": ref.fingerprint,
+            "tasks": keys,
+            "direction": _labelfree(direction_cfg),
+        },
+        sort_keys=True,
+    )
     return cache_dir / "kld" / f"{hashlib.sha256(payload.encode()).hexdigest()[:24]}.parquet"
+
+
+def _labelfree(direction_cfg: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    cfg = dict(direction_cfg or {})
+    return {"confident": float(cfg.get("confident", 0.5))} if cfg.get("enabled") else None
 
 
 def per_prompt_kld_stage(
@@ -260,25 +283,97 @@ def per_prompt_kld_stage(
     bench_cfg: Mapping[str, Any],
     cache_dir: Path,
     client: Any = None,
+    direction_cfg: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Add ``kld_prompt`` / ``kld_completion`` (the fidelity stage's per-prompt KLD) to the outcome table.
 
     The completion is the reference's own output on the prompt (teacher-forced into the quant); for the reference
-    itself both are 0 by definition (same model, same logits) and are not recomputed.
+    itself both are 0 by definition (same model, same logits) and are not recomputed. With ``direction.enabled`` the
+    label-free direction columns (quantfid.api.schema.DIRECTION_COLUMNS) come from the same reference completions.
     """
     out = outcomes.copy()
+    labelfree = _labelfree(direction_cfg)
     if quant.is_reference:
         out["kld_prompt"], out["kld_completion"] = 0.0, 0.0
+        if labelfree is not None:
+            out["dir_expected_netflip"], out["dir_confident_disagree"], out["ctl_js_refcont"] = 0.0, 0.0, 0.0
         return out
-    path = _kld_cache_path(ref, quant, bench_cfg, cache_dir)
+    path = _kld_cache_path(ref, quant, bench_cfg, cache_dir, direction_cfg)
     if path.exists():
         return pd.read_parquet(path)
     ref_out = bench_stage(ref, reference_quant(ref), bench_cfg, cache_dir, client)
     completions = out["prompt_hash"].map(ref_out.drop_duplicates("prompt_hash").set_index("prompt_hash")["output"])
-    pairs = per_prompt_kld(
-        ref.model, quant.model, ref.tokenizer, out["prompt"].tolist(), completions.fillna("").astype(str).tolist()
+    cols = per_prompt_fidelity(
+        ref.model,
+        quant.model,
+        ref.tokenizer,
+        out["prompt"].tolist(),
+        completions.fillna("").astype(str).tolist(),
+        confident=None if labelfree is None else labelfree["confident"],
     )
-    out["kld_prompt"] = [p for p, _ in pairs]
-    out["kld_completion"] = [c for _, c in pairs]
+    for k, v in cols.items():
+        out[k] = v
     write_parquet_atomic(out, path)
     return out
+
+
+def _calibration_items(
+    ref: Reference, task_names: list[str], n: int | None, cache_dir: Path
+) -> tuple[list[CalibrationItem], pd.DataFrame]:
+    """The calibration prompts of every bench task with their gold answers and the reference's own outputs (its
+    greedy generation or chosen choice, from the bench stage's scoring: cached per reference)."""
+    ref_out = calibration_outcomes(ref.model, ref.tokenizer, ref.fingerprint, task_names, n=n, cache_dir=cache_dir)
+    items = []
+    for name in task_names:
+        task = load_task(name)
+        stop = task.generation.stop[0] if task.scoring.type in ("exact", "execute") and task.generation.stop else ""
+        outputs = ref_out[ref_out["task"] == task.name].set_index("prompt_hash")["output"]
+        for p in calibration_instances(name, n):
+            items.append(
+                CalibrationItem(p.text, p.expected, str(outputs[p.prompt_hash]), p.choices, p.answer_index, stop)
+            )
+    return items, ref_out
+
+
+def direction_stage(
+    ref: Reference,
+    quant: QuantizedModel,
+    direction_cfg: Mapping[str, Any],
+    bench_cfg: Mapping[str, Any],
+    cache_dir: Path,
+) -> dict[str, float]:
+    """Direction-aware ``fid.*`` metrics and volume controls of the quant on the calibration prompts of the bench
+    tasks (docs/fidelity.md), computed once per (reference, quant, settings) and cached: every fidelity setting's
+    run of the quant logs the same numbers."""
+    cfg = dict(direction_cfg or {})
+    if not cfg.get("enabled"):
+        return {}
+    tasks = list(bench_cfg.get("tasks") or [])
+    n = int(cfg["n_per_task"]) if cfg.get("n_per_task") else None
+    settings = {k: cfg.get(k) for k in ("n_per_task", "behavioural", "confident", "topk")}
+    hashes = {t: sorted(p.prompt_hash for p in calibration_instances(t, n)) for t in tasks}
+    key = json.dumps(
+        {"ref": ref.fingerprint, "quant": quant.fingerprint, "cal": hashes, "cfg": settings}, sort_keys=True
+    )
+    path = cache_dir / "direction" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    items, ref_out = _calibration_items(ref, tasks, n, cache_dir)
+    metrics, _ = measure_direction(
+        ref.model,
+        quant.model,
+        ref.tokenizer,
+        items,
+        confident=float(cfg.get("confident", 0.5)),
+        topk=int(cfg.get("topk", 5)),
+    )
+    if cfg.get("behavioural"):
+        q_out = calibration_outcomes(quant.model, ref.tokenizer, quant.fingerprint, tasks, n=n, cache_dir=cache_dir)
+        merged = ref_out.merge(q_out, on=["task", "prompt_hash"], suffixes=("_ref", "_quant"), validate="one_to_one")
+        metrics.update(behavioural_metrics(merged["passed_ref"], merged["passed_quant"]))
+    metrics = {k: float(v) for k, v in metrics.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(metrics))
+    tmp.replace(path)
+    return metrics

@@ -199,8 +199,12 @@ def _run_tracked(cfg: DictConfig, ctx) -> dict[str, Any]:
             inputs.append(stages.corpus_input(result, cache_dir))
 
         bench = job.get("bench") or {}
+        direction = job.get("direction") or {}
+        mlflow.log_metrics(stages.direction_stage(ref, quant, direction, bench, cache_dir))
         outcomes = stages.bench_stage(ref, quant, bench, cache_dir, client=share)
-        outcomes = S.conform_outcomes(stages.per_prompt_kld_stage(ref, quant, outcomes, bench, cache_dir, share))
+        outcomes = S.conform_outcomes(
+            stages.per_prompt_kld_stage(ref, quant, outcomes, bench, cache_dir, share, direction)
+        )
         mlflow.log_metrics(S.bench_metrics(outcomes))
         artifact = Path(S.OUTCOMES_ARTIFACT)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,13 @@ from urllib.parse import quote, urlparse
 from quantfid.api.schema import TAG_SWEEP
 
 LOCAL_UI = "http://127.0.0.1:5000"
+#: MLflow 3.17 picks an experiment's default page from a browser-wide "workflow type" (the sidebar's GenAI / Machine
+#: learning switch, kept in localStorage, GenAI in a fresh browser), not from the ``mlflow.experimentKind`` tag: a fresh
+#: browser opens any experiment on the GenAI overview. The ``workflowType`` query parameter overrides it for the page,
+#: so every link quantfid prints carries it.
+WORKFLOW = "workflowType=machine_learning"
+#: The runs table's order in the links (not the start time: see runs_url).
+ORDER_BY = "metrics.`fid.kld_mean`"
 #: The most run ids a link lists (a longer URL is refused by some servers and proxies).
 MAX_RUN_IDS = 100
 
@@ -21,6 +28,11 @@ MAX_RUN_IDS = 100
 def ui_base(tracking_uri: str) -> str:
     """The UI's address: the tracking server itself, or the local ``mlflow ui`` for a file/database store."""
     return tracking_uri.rstrip("/") if urlparse(tracking_uri).scheme in ("http", "https") else LOCAL_UI
+
+
+def experiment_url(base: str, experiment_id: str) -> str:
+    """The experiment's page in the machine-learning workflow: MLflow opens it on the runs table."""
+    return f"{base}/#/experiments/{experiment_id}?{WORKFLOW}"
 
 
 def runs_url(base: str, experiment_id: str, sweep_id: str | None = None, run_ids: list[str] | None = None) -> str:
@@ -31,11 +43,14 @@ def runs_url(base: str, experiment_id: str, sweep_id: str | None = None, run_ids
     elif sweep_id:
         flt = f"tags.`{TAG_SWEEP}` = '{sweep_id}'"
     else:
-        return f"{base}/#/experiments/{experiment_id}/runs"
-    return f"{base}/#/experiments/{experiment_id}/runs?searchFilter={quote(flt)}"
+        return f"{base}/#/experiments/{experiment_id}/runs?{WORKFLOW}"
+    # ordered by a key other than the start time, the table lists the matching runs flat (MLflow nests child runs
+    # under their collapsed parent only in its default order): one row per job, the reference (KLD 0) first
+    order = f"orderByKey={quote(ORDER_BY)}&orderByAsc=true"
+    return f"{base}/#/experiments/{experiment_id}/runs?{WORKFLOW}&{order}&searchFilter={quote(flt)}"
 
 
 def compare_url(base: str, experiment_id: str, run_ids: list[str]) -> str:
     """MLflow's compare view of ``run_ids`` (at most :data:`MAX_RUN_IDS`)."""
     runs = quote(json.dumps(run_ids[:MAX_RUN_IDS], separators=(",", ":")))
-    return f"{base}/#/compare-runs?runs={runs}&experiments={quote(json.dumps([experiment_id]))}"
+    return f"{base}/#/compare-runs?runs={runs}&experiments={quote(json.dumps([experiment_id]))}&{WORKFLOW}"
