@@ -23,6 +23,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from quantfid.bench import TaskConfigError, load_task
+from quantfid.fidelity import FidelityError, FidelitySettings, check_corpus
+from quantfid.models.loading import ModelLoadError, check_spec, resolve_name
+from quantfid.quant import QuantConfigError, validate_quant_config
+from quantfid.quant.base import probe_batch, probe_logits
+from quantfid.sweep.stages import load_reference_stage, model_spec, perf_workload, quant_config
+
 log = logging.getLogger("quantfid.sweep")
 
 
@@ -48,8 +55,9 @@ def sweep_overrides(cfg: DictConfig) -> list[list[str]]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    params = cfg.hydra.sweeper.get("params") or {}
-    args = [f"{k}={v}" for k, v in OmegaConf.to_container(params, resolve=True).items()]
+    params = cfg.hydra.sweeper.get("params")  # None without an experiment preset: only the command line sweeps
+    params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else dict(params or {})
+    args = [f"{k}={v}" for k, v in params.items()]
     args += list(OmegaConf.to_container(cfg.hydra.overrides.task, resolve=False))
     overrides = OverridesParser.create().parse_overrides(args)
     return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
@@ -97,8 +105,6 @@ def _model_config(name_or_path: str, revision: str | None, trust_remote_code: bo
     """The model's ``config.json`` (transformers' AutoConfig): positions and layer sizes, without the weights."""
     from transformers import AutoConfig
 
-    from quantfid.models.loading import resolve_name
-
     resolved = resolve_name(name_or_path)
     looks_local = resolved.startswith(("/", ".", "~")) or Path(resolved).exists()
     if looks_local and not Path(resolved).expanduser().is_dir():
@@ -139,9 +145,6 @@ def _input_dims(name_or_path: str, revision: str | None, trust_remote_code: bool
 
 def check_model(model_cfg: Mapping[str, Any]) -> Any:
     """dtype, device, and that the path or hub id gives a model config; returns the config."""
-    from quantfid.models.loading import ModelLoadError, check_spec
-    from quantfid.sweep.stages import model_spec
-
     try:
         spec = model_spec(model_cfg)
         check_spec(spec)
@@ -152,9 +155,6 @@ def check_model(model_cfg: Mapping[str, Any]) -> Any:
 
 def check_quant(quant_cfg: Mapping[str, Any], quant_name: str, model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The backend's schema, GPU-only configs on a CPU model, and that a group size divides the layers it groups."""
-    from quantfid.quant import QuantConfigError, validate_quant_config
-    from quantfid.sweep.stages import quant_config
-
     try:
         qc = validate_quant_config(quant_config(quant_cfg, quant_name))
     except QuantConfigError as err:
@@ -183,8 +183,6 @@ def check_quant(quant_cfg: Mapping[str, Any], quant_name: str, model_cfg: Mappin
 
 
 def check_fidelity(fidelity_cfg: Mapping[str, Any], model_config: Any) -> None:
-    from quantfid.fidelity import FidelityError, FidelitySettings, check_corpus
-
     limit = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
     context = fidelity_cfg.get("context")
     if limit is not None and isinstance(context, int) and context > int(limit):  # before the budget check it implies
@@ -201,8 +199,6 @@ def check_fidelity(fidelity_cfg: Mapping[str, Any], model_config: Any) -> None:
 
 def check_corpus_windows(fidelity_cfg: Mapping[str, Any], tokenizer: Any) -> None:
     """The corpus holds at least one window of ``fidelity.context`` tokens under the reference's tokenizer."""
-    from quantfid.fidelity import FidelityError, FidelitySettings, check_corpus
-
     settings = FidelitySettings.from_config(fidelity_cfg)
     try:
         check_corpus(settings.corpus, tokenizer, context=settings.context, max_tokens=settings.max_tokens)
@@ -211,8 +207,6 @@ def check_corpus_windows(fidelity_cfg: Mapping[str, Any], tokenizer: Any) -> Non
 
 
 def check_bench(bench_cfg: Mapping[str, Any]) -> None:
-    from quantfid.bench import TaskConfigError, load_task
-
     limit = bench_cfg.get("limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise PreflightError(f"bench.limit={limit!r} must be an integer >= 1 (the first N prompts) or null (all)")
@@ -248,8 +242,6 @@ def check_direction(direction_cfg: Mapping[str, Any], bench_cfg: Mapping[str, An
 
 
 def check_perf(perf_cfg: Mapping[str, Any]) -> None:
-    from quantfid.sweep.stages import perf_workload
-
     try:
         perf_workload(perf_cfg)
     except (ValueError, TypeError) as err:
@@ -320,9 +312,6 @@ def check_reference(model_cfg: Mapping[str, Any]) -> Any:
     """Load the reference (once per worker: the jobs of the basic launcher reuse it) and check it: loadable weights,
     finite parameters, finite logits on the quant stage's probe batch. Returns the loaded reference."""
     import torch
-
-    from quantfid.quant.base import probe_batch, probe_logits
-    from quantfid.sweep.stages import load_reference_stage, model_spec
 
     spec = model_spec(model_cfg)
     where = f"model.name_or_path={spec.name_or_path!r}"
