@@ -242,3 +242,22 @@ def test_a_crash_in_native_code_is_a_refusal_not_a_dead_process(tmp_path):
     script.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
     with pytest.raises(QuantUnavailableError, match=rf"llama\.cpp crashed \({signal.SIGSEGV.name}\) .* portable"):
         gq.run_child("probe", {}, "runtime=llama_cpp on x.gguf", script=script)
+
+
+def test_llama_cpp_runtime_continues_its_kv_cache_like_a_causal_lm(tiny_reference):
+    """The perf stage's decode loop (``past_key_values`` handed back) continues llama.cpp's KV cache: the logits of
+    a token fed after a prefix equal those of the whole sequence at that position."""
+    from quantfid.bench.perf import PerfWorkload, measure_perf
+
+    ref = tiny_reference
+    cpp = LlamaCppModel(gq.source_file(ref, "F32"), ref.model.config)
+    ids = probe_batch(ref)[:, :12]
+    whole = cpp(input_ids=ids).logits
+    first = cpp(input_ids=ids[:, :8], use_cache=True)
+    past = first.past_key_values
+    for i in range(8, 12):
+        step = cpp(input_ids=ids[:, i : i + 1], past_key_values=past, use_cache=True)
+        past = step.past_key_values
+        assert torch.allclose(step.logits[0, -1], whole[0, i], atol=1e-4)
+    perf = measure_perf(cpp, PerfWorkload(prompt_tokens=16, new_tokens=4, batch=1, repeats=1))
+    assert perf.metrics()

@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,10 +53,13 @@ def crosscheck(spec: ModelSpec, quants: list[str], settings: FidelitySettings) -
         q = quantize(spec, load_quant_config(name), reference)
         if not isinstance(q.model, LlamaCppModel):
             raise SystemExit(f"error: quant={name!r} does not run on llama.cpp (runtime must be llama_cpp)")
+        quant_logits = [q.model.sequence_logits(w.tolist()) for w in tqdm(windows, desc=name, leave=False)]
+        # the fidelity stage reads the same llama.cpp logits (each window evaluated once: llama.cpp's prompt
+        # evaluation is the slow part here)
+        q.model.sequence_logits = _memo(q.model.sequence_logits, windows, quant_logits)
         ours = measure(q.model, cache, tokenizer=reference.tokenizer, progress=False)
         if not ours.ok:
             raise SystemExit(f"error: quant={name!r}: {ours.error}")
-        quant_logits = [q.model.sequence_logits(w.tolist()) for w in tqdm(windows, desc=name, leave=False)]
         theirs = parse_kld_log(format_log(kld_sums(base_logits, quant_logits, windows)), source=name)
         row: dict[str, float | str] = {"quant": name, "n_tokens": ours.metrics["fid.n_tokens"]}
         for stat in COMPARED:
@@ -64,6 +68,17 @@ def crosscheck(spec: ModelSpec, quants: list[str], settings: FidelitySettings) -
             row[f"{stat}.llama_cpp_se"] = theirs.get(f"{stat}_se", math.nan)
         rows.append(row)
     return rows
+
+
+def _memo(evaluate: Callable[[list[int]], np.ndarray], windows: list[np.ndarray], logits: list[np.ndarray]):
+    """``evaluate`` answering the given windows from their already computed logits."""
+    seen = {tuple(int(t) for t in w): lg for w, lg in zip(windows, logits, strict=True)}
+
+    def lookup(ids: list[int]) -> np.ndarray:
+        key = tuple(int(t) for t in ids)
+        return seen[key] if key in seen else evaluate(ids)
+
+    return lookup
 
 
 def markdown(rows: list[dict[str, float | str]]) -> str:

@@ -48,6 +48,16 @@ def probe_runtime(path: str, n_ctx: int, ids: tuple[int, ...]) -> dict:
     )
 
 
+class KvState:
+    """Stands for llama.cpp's KV cache after a single-row forward: valid while nothing else ran on the model."""
+
+    def __init__(self, model: LlamaCppModel, n_tokens: int) -> None:
+        self.model, self.n_tokens = model, n_tokens
+
+    def live(self, model: LlamaCppModel) -> bool:
+        return self.model is model and model._llm is not None and model._llm.n_tokens == self.n_tokens
+
+
 class LlamaCppModel(nn.Module):
     """A GGUF file run by llama.cpp's CPU kernels, behind the causal-LM surface quantfid's stages call.
 
@@ -102,15 +112,28 @@ class LlamaCppModel(nn.Module):
 
     @torch.no_grad()
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: object
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: object = None,
+        use_cache: bool = False,
+        **_: object,
     ) -> CausalLMOutputWithPast:
+        """Logits of every row. With ``use_cache`` on a single unpadded row the returned ``past_key_values`` stands
+        for llama.cpp's own KV cache: passing it back evaluates only the new tokens (the perf stage's decode loop)."""
         ids = input_ids.cpu()
+        if isinstance(past_key_values, KvState) and past_key_values.live(self) and ids.shape[0] == 1:
+            n0 = self._llm.n_tokens
+            self._llm.eval(ids[0].tolist())
+            logits = torch.from_numpy(np.array(self._llm.scores[n0 : self._llm.n_tokens], dtype=np.float32))
+            return CausalLMOutputWithPast(logits=logits[None], past_key_values=KvState(self, self._llm.n_tokens))
         out = torch.zeros((*ids.shape, self.n_vocab), dtype=torch.float32)
         for r, keep in enumerate(self._rows(ids, attention_mask)):
             pos = keep.nonzero().squeeze(-1)
             if pos.numel():
                 out[r, pos] = torch.from_numpy(self.sequence_logits(ids[r, pos].tolist()))
-        return CausalLMOutputWithPast(logits=out)
+        past = KvState(self, self._llm.n_tokens) if use_cache and ids.shape[0] == 1 else None
+        return CausalLMOutputWithPast(logits=out, past_key_values=past)
 
     @torch.no_grad()
     def generate(
