@@ -76,13 +76,14 @@ def compose_jobs(cfg: DictConfig) -> list[Job]:
 
 
 def _hand_over(loader: Any, composed: dict[tuple[str, ...], DictConfig]) -> None:
-    """Let the launcher take the configs composed here instead of composing each job a second time (Hydra composes
-    a job in about 0.3-1 s): the launcher's ``load_sweep_config`` call for a job's overrides returns the config this
-    preflight composed and checked (each once; anything else is composed as before)."""
+    """Let Hydra take the configs composed here instead of composing each job again (Hydra composes a job in about
+    0.3-1 s, and twice per job: the basic sweeper's ``validate_batch_is_legal`` and then the launcher): a
+    ``load_sweep_config`` call for a job's overrides returns the config this preflight composed and checked (the
+    launcher only sets ``hydra.job.id``/``num`` on it); anything else is composed as before."""
     original = loader.load_sweep_config
 
     def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        ready = composed.pop(tuple(sweep_overrides), None)
+        ready = composed.get(tuple(sweep_overrides))
         return ready if ready is not None else original(master_config, sweep_overrides)
 
     loader.load_sweep_config = load_sweep_config
