@@ -316,8 +316,9 @@ def check_reference(model_cfg: Mapping[str, Any]) -> Any:
     return ref
 
 
-def preflight(cfg: DictConfig, multirun: bool) -> list[Job]:
-    """Compose and check every job, then the reference(s); returns the jobs. Raises :class:`PreflightError`."""
+def preflight(cfg: DictConfig, multirun: bool, between: Any = None) -> list[Job]:
+    """Compose and check every job, call ``between()`` (the store check: cheap, so before the reference is loaded),
+    then load and probe the reference(s); returns the jobs. Raises :class:`PreflightError`."""
     started = time.perf_counter()
     if multirun:
         jobs = compose_jobs(cfg)
@@ -330,6 +331,8 @@ def preflight(cfg: DictConfig, multirun: bool) -> list[Job]:
             check_job(job.cfg, _quant_choice(job.cfg), done)
         except PreflightError as err:
             raise PreflightError(f"{job.label}: {err}") from None
+    if between is not None:
+        between()
     seen: list[dict[str, Any]] = []
     for job in jobs:  # usually one reference for the whole sweep
         model_cfg = _container(job.cfg.model)
