@@ -71,7 +71,9 @@ def compose_jobs(cfg: DictConfig) -> list[Job]:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise PreflightError(f"job #{num} ({' '.join(overrides)}): {first}") from None
         jobs.append(Job(num, tuple(overrides), job_cfg))
-    _hand_over(loader, {job.overrides: job.cfg for job in jobs})
+    if str(cfg.hydra.launcher.get("_target_", "")).endswith(".BasicLauncher"):
+        # in-process jobs only: other launchers pickle the config loader to their workers, and with it these configs
+        _hand_over(loader, {job.overrides: job.cfg for job in jobs})
     return jobs
 
 
