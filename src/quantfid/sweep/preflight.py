@@ -79,18 +79,21 @@ def compose_jobs(cfg: DictConfig) -> list[Job]:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise PreflightError(f"job #{num} ({' '.join(overrides)}): {first}") from None
         jobs.append(Job(num, tuple(overrides), job_cfg))
-    _hand_over(loader, {job.overrides: job.cfg for job in jobs})
+    if str(cfg.hydra.launcher.get("_target_", "")).endswith(".BasicLauncher"):
+        # in-process jobs only: other launchers pickle the config loader to their workers, and with it these configs
+        _hand_over(loader, {job.overrides: job.cfg for job in jobs})
     return jobs
 
 
 def _hand_over(loader: Any, composed: dict[tuple[str, ...], DictConfig]) -> None:
-    """Let the launcher take the configs composed here instead of composing each job a second time (Hydra composes
-    a job in about 0.3-1 s): the launcher's ``load_sweep_config`` call for a job's overrides returns the config this
-    preflight composed and checked (each once; anything else is composed as before)."""
+    """Let Hydra take the configs composed here instead of composing each job again (Hydra composes a job in about
+    0.3-1 s, and twice per job: the basic sweeper's ``validate_batch_is_legal`` and then the launcher): a
+    ``load_sweep_config`` call for a job's overrides returns the config this preflight composed and checked (the
+    launcher only sets ``hydra.job.id``/``num`` on it); anything else is composed as before."""
     original = loader.load_sweep_config
 
     def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        ready = composed.pop(tuple(sweep_overrides), None)
+        ready = composed.get(tuple(sweep_overrides))
         return ready if ready is not None else original(master_config, sweep_overrides)
 
     loader.load_sweep_config = load_sweep_config
@@ -340,8 +343,9 @@ def check_reference(model_cfg: Mapping[str, Any]) -> Any:
     return ref
 
 
-def preflight(cfg: DictConfig, multirun: bool) -> list[Job]:
-    """Compose and check every job, then the reference(s); returns the jobs. Raises :class:`PreflightError`."""
+def preflight(cfg: DictConfig, multirun: bool, between: Any = None) -> list[Job]:
+    """Compose and check every job, call ``between()`` (the store check: cheap, so before the reference is loaded),
+    then load and probe the reference(s); returns the jobs. Raises :class:`PreflightError`."""
     started = time.perf_counter()
     if multirun:
         jobs = compose_jobs(cfg)
@@ -354,6 +358,8 @@ def preflight(cfg: DictConfig, multirun: bool) -> list[Job]:
             check_job(job.cfg, _quant_choice(job.cfg), done)
         except PreflightError as err:
             raise PreflightError(f"{job.label}: {err}") from None
+    if between is not None:
+        between()
     refs: list[tuple[dict[str, Any], Any]] = []
     windows: list[tuple[Any, Any]] = []
     for job in jobs:  # usually one reference for the whole sweep
