@@ -111,3 +111,24 @@ def test_the_section_is_in_the_summary_and_report_and_absent_without_direction_m
     plain = make_flip_cohort({f"q{i}": (0.01 * i, 0.01) for i in range(5)}, n_prompts=100)
     assert analyze(plain, AnalysisConfig(n_boot=20, crossfit_splits=2, reliability_splits=4,
                                          progress=False)).summary["direction_vs_kld"] is None  # fmt: skip
+
+
+def test_zone_rule_equals_the_equivalence_verdicts_with_tango_cis():
+    from quantfid.analysis.direction_vs_kld import not_different
+    from quantfid.analysis.equivalence import combine_verdicts, holm_rows, tango_ci, tango_p0, unit_verdicts
+
+    rng = np.random.default_rng(5)
+    q, tasks = 400, ["t1", "t2"]
+    counts = {}
+    for u in ["composite", *tasks]:
+        n = np.full(q, 3000.0 if u != "composite" else 6000.0)
+        counts[f"n.{u}"] = n
+        counts[f"gained.{u}"] = rng.integers(0, 120, q).astype(float)
+        counts[f"lost.{u}"] = rng.integers(0, 120, q).astype(float)
+    cfg = SilentZoneConfig(method="equivalence", delta=0.03)
+    g, lo_, n = (np.stack([counts[f"{k}.{u}"] for u in ["composite", *tasks]], axis=1) for k in ("gained", "lost", "n"))
+    lo, hi = tango_ci(g, lo_, n, cfg.level)
+    expected = combine_verdicts(unit_verdicts(lo, hi, holm_rows(tango_p0(g, lo_)), cfg.delta, cfg.alpha))
+    got = not_different(counts, tasks, cfg)
+    assert (got == (expected != "different")).all()
+    assert (expected == "equivalent").sum() > 0 and (expected == "different").sum() > 0

@@ -125,6 +125,9 @@ def test_organism_cohort_spans_backends_and_runs_on_cpu():
 
 def test_hydra_composes_a_quant_group(tmp_path):
     """`quantfid-sweep quant=<name>` composes conf/quant/<name>.yaml under cfg.quant; it must validate unchanged."""
+    from quantfid.sweep.configs import register_configs  # fidelity/base, as the app registers it (alone: not yet)
+
+    register_configs()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["quant=rtn_mix_attn8_mlp3"])
     qc = validate_quant_config(cfg.quant)

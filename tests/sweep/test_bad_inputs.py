@@ -81,6 +81,7 @@ CASES = {
     "unknown_quants": (["quant=nope1,nope2"], ["job #0", "quant=nope1", "nope1"]),
     "launcher_n_jobs_0": (["hydra/launcher=parallel", "hydra.launcher.n_jobs=0"], ["hydra.launcher.n_jobs=0"]),
     "perf_new_tokens_0": (["perf.new_tokens=0"], ["perf.new_tokens=0"]),
+    "direction_n_per_task_0": (["direction.n_per_task=0"], ["direction.n_per_task=0"]),
 }
 
 
@@ -123,4 +124,23 @@ def test_the_console_script_exits_2_before_any_run(tiny_model, tmp_path):
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and "bench.limit=-5" in errors[0] and "job #" in errors[0], res.stderr[-2000:]
     assert "Launching" not in res.stdout + res.stderr
+    _store_untouched(run_dir)
+
+
+def test_a_task_without_calibration_prompts_is_refused_when_direction_is_on(tiny_model, tmp_path, monkeypatch, capsys):
+    """A one-prompt JSONL task has no calibration prompts: with direction.enabled every job would fail, so the
+    preflight refuses it, naming the field and the way out."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "tiny.yaml").write_text("schema: 1\nname: tiny\nversion: 1\nsource:\n  type: jsonl\n  path: tiny.jsonl\n"
+                                     "scoring:\n  type: exact\n")  # fmt: skip
+    (tasks / "tiny.jsonl").write_text('{"id": "0", "prompt": "1 + 1 =", "answer": "2"}\n')
+    monkeypatch.setenv("QUANTFID_TASK_PATH", str(tasks))
+    run_dir = tmp_path / "runs"
+    args = [*SMOKE, f"model.name_or_path={tiny_model}", "bench.tasks=[tiny]"]
+    code, err = _cli(args, run_dir, monkeypatch, capsys)
+    assert code == 2, err[-2000:]
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "direction.enabled=true" in errors[0] and "'tiny'" in errors[0], err[-2000:]
+    assert "direction.enabled=false" in errors[0]
     _store_untouched(run_dir)

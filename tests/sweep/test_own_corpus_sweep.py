@@ -8,6 +8,8 @@ import mlflow
 import pytest
 from helpers import run_rows, run_sweep
 
+from quantfid.api import schema as S
+
 pytestmark = pytest.mark.slow
 
 TEXT = "def mean(values):\n    return sum(values) / len(values)\n" * 60
@@ -36,8 +38,8 @@ def test_own_text_corpus_identity_and_bad_path(tiny_model, tmp_path):
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`quantfid.role` = 'quant'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED", runs[0].data.tags.get("quantfid.error")
     p = runs[0].data.params
-    assert p["fidelity.corpus"] == "notes" and p["fidelity.logprob_dtype"] == "float64"
-    assert '"source": "text"' in p["fidelity.corpus_source"] and len(p["fidelity.corpus_sha256"]) == 64
+    assert p[S.PARAM_CORPUS] == "notes" and p[S.PARAM_LOGPROB_DTYPE] == "float64"
+    assert '"source": "text"' in p[S.PARAM_CORPUS_SOURCE] and len(p[S.PARAM_CORPUS_SHA256]) == 64
     assert runs[0].info.run_name == "rtn_w8_g128@notes.64" and runs[0].data.metrics["fid.kld_mean"] > 0
 
     assert "0 finished, 1 skipped" in (r := run_sweep(_args(tiny_model, corpus), run_dir)).stdout + r.stderr

@@ -179,7 +179,8 @@ def test_a_failed_job_lets_the_sweep_go_on_and_exits_1(tiny_model, tmp_path):
     run_dir = tmp_path / "runs"
     env = {"QUANTFID_TASK_PATH": str(_long_task_dir(tmp_path / "tasks"))}
     tasks = "bench.tasks=[longtask],[organism/arith]"
-    args = ["-m", "experiment=smoke", "quant=rtn_w8_g128", tasks, _model(tiny_model)]
+    # direction off: a one-prompt task has no calibration prompts (the preflight would refuse it, tested elsewhere)
+    args = ["-m", "experiment=smoke", "quant=rtn_w8_g128", tasks, _model(tiny_model), "direction.enabled=false"]
     res = run_sweep(args, run_dir, **env)
     assert res.returncode == 1, res.stderr[-3000:]
     assert "1 finished, 0 skipped (already FINISHED or claimed), 1 failed" in res.stderr

@@ -73,7 +73,7 @@ def test_real_model_preset_targets_a_hub_model_on_gpu():
 def test_every_fidelity_setting_extends_the_base_and_validates(option):
     fid = _compose([f"fidelity={option}"]).fidelity
     settings = FidelitySettings.from_config(fid)  # every key is a setting, and a valid one
-    assert option == f"{settings.corpus}_{settings.context}", "a setting's file is named <corpus>_<context>"
+    assert option == f"{settings.corpus_label}_{settings.context}", "a setting's file is named <corpus>_<context>"
     # the keys the file does not set are the dataclass defaults: their one home
     assert settings.max_tokens == FidelitySettings.max_tokens and settings.topk == FidelitySettings.topk
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from quantfid.analysis.cohort import COMPOSITE, Cohort
 from quantfid.analysis.crossfit import rho_matrix
-from quantfid.analysis.equivalence import combine_verdicts, holm_rows, tango_ci, tango_p0, unit_verdicts
+from quantfid.analysis.equivalence import combine_verdicts, holm_rows, tango_p0, tango_z, unit_verdicts
 from quantfid.analysis.reliability import (
     PromptLayout,
     ceiling,
@@ -43,19 +44,27 @@ def not_different(counts: dict[str, np.ndarray], tasks: list[str], cfg) -> np.nd
     rules of quantfid.analysis.equivalence, settings of ``cfg``) is equivalent or indeterminate."""
     units = [COMPOSITE, *tasks] if cfg.equivalence_scope == "all" else [COMPOSITE]
     g, lo_, n = (np.stack([counts[f"{k}.{u}"] for u in units], axis=1) for k in ("gained", "lost", "n"))
-    lo, hi = tango_ci(g, lo_, n, cfg.level)
+    # Tango's CI lies inside (-delta, delta) iff its score test rejects at both margins (the CI is the inversion of
+    # the test, Z decreasing in d0): two evaluations instead of a bisection (tests/analysis check it equals tango_ci)
+    z = stats.norm.ppf(0.5 + cfg.level / 2.0)
+    with np.errstate(invalid="ignore"):
+        eq = (tango_z(g, lo_, n, -cfg.delta) > z) & (tango_z(g, lo_, n, cfg.delta) < -z)
+    lo = np.where(eq, 0.0, -1.0)  # only "inside the margin or not" matters to the verdict rules
+    hi = np.where(eq, 0.0, 1.0)
     p_adj = holm_rows(tango_p0(g, lo_))
     return combine_verdicts(unit_verdicts(lo, hi, p_adj, cfg.delta, cfg.alpha)) != "different"
 
 
-def _folds(layout: PromptLayout, values: np.ndarray, masks: np.ndarray, cfg, target: str) -> tuple:
+def _folds(layout: PromptLayout, values: np.ndarray, masks: np.ndarray, cfg, target: str,
+           reliability: bool = True) -> tuple:  # fmt: skip
     """Per fold (zone on row f, measured on its complement): |rho| of every metric row of ``values`` with the target
     in the fold's zone; the zone sizes; the quarter-split reliability of the target in the zone."""
     halves = np.vstack([masks, ~masks])
     s = len(masks)
     t = targets_on(layout, halves)
-    qmask = half_masks(layout.task_of, 2 * s, 7, within=halves)
-    quarters, others = targets_on(layout, qmask), targets_on(layout, halves & ~qmask)
+    if reliability:
+        qmask = half_masks(layout.task_of, 2 * s, 7, within=halves)
+        quarters, others = targets_on(layout, qmask), targets_on(layout, halves & ~qmask)
     rhos, sizes, rels = [], [], []
     for f in range(2 * s):
         m = (f + s) % (2 * s)
@@ -63,9 +72,10 @@ def _folds(layout: PromptLayout, values: np.ndarray, masks: np.ndarray, cfg, tar
         sizes.append(int(zone.sum()))
         y = t[target][m][None, zone]
         rhos.append(np.abs(rho_matrix(values[:, zone], y)[:, 0]) if zone.sum() >= 3 else np.full(len(values), np.nan))
-        q1 = quarters[target][m][None, zone]
-        q2 = others[target][m][None, zone]
-        rels.append(rowwise_spearman(q1, q2)[0] if zone.sum() >= 3 else np.nan)
+        if reliability and zone.sum() >= 3:
+            rels.append(rowwise_spearman(quarters[target][m][None, zone], others[target][m][None, zone])[0])
+        else:
+            rels.append(np.nan)
     return np.array(rhos), np.array(sizes), np.array(rels)
 
 
@@ -106,7 +116,7 @@ def cohort_comparison(layout: PromptLayout, values: np.ndarray, names: list[str]
     for b in range(n_boot):
         lay, qi = _resample(layout, rng)
         m = half_masks(lay.task_of, 1, int(rng.integers(2**31)))
-        r, _, _ = _folds(lay, allv[:, qi], m, cfg, target)
+        r, _, _ = _folds(lay, allv[:, qi], m, cfg, target, reliability=False)
         with np.errstate(invalid="ignore"):
             boot[b] = np.nanmean(r[:, 1:] - r[:, :1], axis=0) if np.isfinite(r).any() else np.nan
     a = (1 - level) / 2
@@ -137,6 +147,14 @@ def weighted_auroc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) 
         return (wp * (below + 0.5 * wn)).sum(axis=1) / (tot_p * tot_n)
 
 
+def _chunked_auroc(scores: np.ndarray, labels: np.ndarray, counts: np.ndarray, prompt_of: np.ndarray,
+                   chunk: int = 64) -> np.ndarray:  # fmt: skip
+    """:func:`weighted_auroc` for each row of ``counts`` (B, prompts), a cell weighing its prompt's count; in chunks of
+    resamples so memory stays at chunk x cells."""
+    return np.concatenate([weighted_auroc(scores, labels, counts[i : i + chunk][:, prompt_of])
+                           for i in range(0, len(counts), chunk)])  # fmt: skip
+
+
 def prompt_comparison(cohort: Cohort, zone: list[str], n_boot: int = 1000, seed: int = 0,
                       level: float = 0.95) -> pd.DataFrame:  # fmt: skip
     """Paired AUROC(M) - AUROC(KLD) over (zone quant, prompt) cells: losses among reference-passed prompts, gains
@@ -164,7 +182,7 @@ def prompt_comparison(cohort: Cohort, zone: list[str], n_boot: int = 1000, seed:
     for outcome, ref_side, k in (("loss", True, 0), ("gain", False, 1)):
         sel = np.broadcast_to(ref == ref_side, passed.shape)
         label = (passed != ref_side)[sel]  # lost (ref passed, quant failed) / gained
-        w = np.broadcast_to(counts[:, None, :], (1 + n_boot, *passed.shape))[:, sel]
+        prompt_of = np.broadcast_to(np.arange(n_p)[None, :], passed.shape)[sel]  # each cell's prompt
         ok_k = np.isfinite(val[PROMPT_KLD][sel])
         auc_k = None
         for name, orient in [*PROMPT_METRICS.items(), *PROMPT_CONTROLS.items()]:
@@ -174,8 +192,8 @@ def prompt_comparison(cohort: Cohort, zone: list[str], n_boot: int = 1000, seed:
             ok = ok_k & np.isfinite(x)
             if label[ok].all() or not label[ok].any():
                 continue
-            auc_k = weighted_auroc(val[PROMPT_KLD][sel][ok], label[ok], w[:, ok])
-            auc_m = weighted_auroc(orient[k] * x[ok], label[ok], w[:, ok])
+            auc_k = _chunked_auroc(val[PROMPT_KLD][sel][ok], label[ok], counts, prompt_of[ok])
+            auc_m = _chunked_auroc(orient[k] * x[ok], label[ok], counts, prompt_of[ok])
             diff = auc_m - auc_k
             lo, hi = np.nanquantile(diff[1:], [a, 1 - a]) if n_boot else (np.nan, np.nan)
             rows.append({"metric": name, "outcome": outcome, "control": name in PROMPT_CONTROLS,

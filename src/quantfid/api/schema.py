@@ -65,6 +65,11 @@ REFERENCE_NAME = "reference"
 PARAM_GROUPS = ("model", "quant", "fidelity", "bench", "direction")
 PARAM_CORPUS = "fidelity.corpus"
 PARAM_CONTEXT = "fidelity.context"
+#: Set by the sweep, not configured: the corpus's resolved spec (JSON), its content hash (the corpus's identity, in the
+#: run identity), and the precision of every log-softmax (float64 whatever the model's dtype).
+PARAM_CORPUS_SOURCE = "fidelity.corpus_source"
+PARAM_CORPUS_SHA256 = "fidelity.corpus_sha256"
+PARAM_LOGPROB_DTYPE = "fidelity.logprob_dtype"
 
 # ---- metrics
 FIDELITY_PREFIX = "fid."

@@ -265,6 +265,9 @@ def _parse_source(raw: dict, path: Path) -> dict[str, Any]:
         out["n"] = src.positive("n", int, organism_tasks.EVAL_PER_FAMILY)
         out["seed"] = src.get("seed", int, organism_tasks.EVAL_SEED)
         out["tasks_version"] = str(src.get("tasks_version", (str, int), organism_tasks.TASKS_VERSION))
+        split = src.get("split", str, "eval", choices=("eval", "truth"))
+        if split != "eval":  # the ground-truth draw (quantfid.data.tasks.truth_set); absent = evaluation set
+            out["split"] = split
         if out["tasks_version"] != organism_tasks.TASKS_VERSION:
             raise src.fail(
                 "tasks_version",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from quantfid.bench.registry import Task, TaskConfigError, in_calibration_split
-from quantfid.data.tasks import heldout_set
+from quantfid.data.tasks import heldout_set, truth_set
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,10 @@ def load_prompts(task: Task, max_prompts: int | None = None) -> list[Prompt]:
 
 def _organism(task: Task) -> list[Prompt]:
     src = task.source
-    instances = heldout_set(src["family"], src["n"], src["seed"])
+    if src.get("split") == "truth":  # fresh prompts, disjoint from evaluation and calibration (may be fewer than n)
+        instances = truth_set(src["family"], src["n"])
+    else:
+        instances = heldout_set(src["family"], src["n"], src["seed"])
     return [
         Prompt(
             prompt_id=str(i),

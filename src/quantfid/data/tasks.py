@@ -7,6 +7,7 @@ The generators are versioned: changing any of them must bump ``TASKS_VERSION`` (
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import string
@@ -270,15 +271,20 @@ def calibration_instances(
     return [i for f in (families or FAMILIES) for i in calibration_set(f, n_per_family)]
 
 
-def truth_set(family: str, n: int, seed: int = TRUTH_SEED, max_draws: int = 2_000_000) -> list[TaskInstance]:
+def truth_set(family: str, n: int, seed: int = TRUTH_SEED, max_draws: int | None = None) -> list[TaskInstance]:
     """Up to ``n`` fresh held-out prompts of ``family`` for the ground-truth preset, disjoint from the default
-    evaluation and calibration sets (fewer when the family has no more: ``print`` has none left). The draw is
-    deterministic: a fixed number of draws (``max_draws``) from a seeded generator."""
+    evaluation and calibration sets (fewer when the family has no more: ``print`` has only ~16 left). The draw is
+    deterministic: at most ``max_draws`` (default 200 n) draws from a seeded generator."""
+    return list(_truth_set(family, n, seed, max_draws or 200 * n))
+
+
+@functools.lru_cache(maxsize=64)
+def _truth_set(family: str, n: int, seed: int, max_draws: int) -> tuple[TaskInstance, ...]:
     forbidden = eval_hashes(family) | {i.prompt_hash for i in calibration_set(family)}
     tag = f"{TASKS_VERSION}:truth:{TRUTH_VERSION}:{family}:{seed}"
     out = _draw_disjoint(family, n, tag, forbidden, max_draws, allow_fewer=True)
     assert_disjoint("truth", out, forbidden)
-    return out
+    return tuple(out)
 
 
 def heldout_instances(n_per_family: int = EVAL_PER_FAMILY, families: Sequence[str] | None = None) -> list[TaskInstance]:

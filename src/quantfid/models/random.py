@@ -136,3 +136,24 @@ def save_random_qwen3(
         **config,
     }
     return save_random_model(out, "qwen3", tokenizer_texts, vocab_size=vocab_size, seed=seed, **sizes)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m quantfid.models.random --arch llama --out my-model``: a small random checkpoint to try quantfid on
+    (its BPE trained on Python's own standard-library sources)."""
+    import argparse
+    import inspect
+    import json as json_module
+
+    parser = argparse.ArgumentParser(prog="python -m quantfid.models.random", description=main.__doc__)
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="llama")
+    parser.add_argument("--out", type=Path, required=True, help="directory to save the checkpoint to")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    texts = [inspect.getsource(m) for m in (json_module, argparse, inspect)]
+    out = save_random_model(args.out, args.arch, texts, vocab_size=512, seed=args.seed)
+    print(f"saved a random {args.arch} checkpoint to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -71,14 +71,21 @@ def sweep_key(cfg: DictConfig, store_uri: str) -> str:
 
 def begin_sweep(cfg: DictConfig, multirun: bool, out_dir: str | None = None) -> SweepContext:
     """Preflight every job, check the store, end dead runs, create the parent ``sweep`` run, export the context."""
+    store = _store_from(cfg)
+
+    def store_usable() -> None:
+        try:
+            check_store(store)
+        except StoreError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
     try:
-        jobs = preflight(cfg, multirun)
+        jobs = preflight(cfg, multirun, between=store_usable)
     except PreflightError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    store = _store_from(cfg)
     try:
-        check_store(store)
         experiment_id = setup_experiment(store)
     except StoreError as err:
         print(f"error: {err}", file=sys.stderr)

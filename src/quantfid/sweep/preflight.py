@@ -23,6 +23,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from quantfid.bench import TaskConfigError, load_task
+from quantfid.fidelity import FidelityError, FidelitySettings, check_corpus
+from quantfid.models.loading import ModelLoadError, check_spec, resolve_name
+from quantfid.quant import QuantConfigError, validate_quant_config
+from quantfid.quant.base import probe_batch, probe_logits
+from quantfid.sweep.stages import load_reference_stage, model_spec, perf_workload, quant_config
+
 log = logging.getLogger("quantfid.sweep")
 
 
@@ -48,8 +55,9 @@ def sweep_overrides(cfg: DictConfig) -> list[list[str]]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    params = cfg.hydra.sweeper.get("params") or {}
-    args = [f"{k}={v}" for k, v in OmegaConf.to_container(params, resolve=True).items()]
+    params = cfg.hydra.sweeper.get("params")  # None without an experiment preset: only the command line sweeps
+    params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else dict(params or {})
+    args = [f"{k}={v}" for k, v in params.items()]
     args += list(OmegaConf.to_container(cfg.hydra.overrides.task, resolve=False))
     overrides = OverridesParser.create().parse_overrides(args)
     return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
@@ -71,18 +79,21 @@ def compose_jobs(cfg: DictConfig) -> list[Job]:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise PreflightError(f"job #{num} ({' '.join(overrides)}): {first}") from None
         jobs.append(Job(num, tuple(overrides), job_cfg))
-    _hand_over(loader, {job.overrides: job.cfg for job in jobs})
+    if str(cfg.hydra.launcher.get("_target_", "")).endswith(".BasicLauncher"):
+        # in-process jobs only: other launchers pickle the config loader to their workers, and with it these configs
+        _hand_over(loader, {job.overrides: job.cfg for job in jobs})
     return jobs
 
 
 def _hand_over(loader: Any, composed: dict[tuple[str, ...], DictConfig]) -> None:
-    """Let the launcher take the configs composed here instead of composing each job a second time (Hydra composes
-    a job in about 0.3-1 s): the launcher's ``load_sweep_config`` call for a job's overrides returns the config this
-    preflight composed and checked (each once; anything else is composed as before)."""
+    """Let Hydra take the configs composed here instead of composing each job again (Hydra composes a job in about
+    0.3-1 s, and twice per job: the basic sweeper's ``validate_batch_is_legal`` and then the launcher): a
+    ``load_sweep_config`` call for a job's overrides returns the config this preflight composed and checked (the
+    launcher only sets ``hydra.job.id``/``num`` on it); anything else is composed as before."""
     original = loader.load_sweep_config
 
     def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        ready = composed.pop(tuple(sweep_overrides), None)
+        ready = composed.get(tuple(sweep_overrides))
         return ready if ready is not None else original(master_config, sweep_overrides)
 
     loader.load_sweep_config = load_sweep_config
@@ -96,8 +107,6 @@ def _container(node: Any) -> dict[str, Any]:
 def _model_config(name_or_path: str, revision: str | None, trust_remote_code: bool) -> Any:
     """The model's ``config.json`` (transformers' AutoConfig): positions and layer sizes, without the weights."""
     from transformers import AutoConfig
-
-    from quantfid.models.loading import resolve_name
 
     resolved = resolve_name(name_or_path)
     looks_local = resolved.startswith(("/", ".", "~")) or Path(resolved).exists()
@@ -139,9 +148,6 @@ def _input_dims(name_or_path: str, revision: str | None, trust_remote_code: bool
 
 def check_model(model_cfg: Mapping[str, Any]) -> Any:
     """dtype, device, and that the path or hub id gives a model config; returns the config."""
-    from quantfid.models.loading import ModelLoadError, check_spec
-    from quantfid.sweep.stages import model_spec
-
     try:
         spec = model_spec(model_cfg)
         check_spec(spec)
@@ -152,9 +158,6 @@ def check_model(model_cfg: Mapping[str, Any]) -> Any:
 
 def check_quant(quant_cfg: Mapping[str, Any], quant_name: str, model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The backend's schema, GPU-only configs on a CPU model, and that a group size divides the layers it groups."""
-    from quantfid.quant import QuantConfigError, validate_quant_config
-    from quantfid.sweep.stages import quant_config
-
     try:
         qc = validate_quant_config(quant_config(quant_cfg, quant_name))
     except QuantConfigError as err:
@@ -183,8 +186,6 @@ def check_quant(quant_cfg: Mapping[str, Any], quant_name: str, model_cfg: Mappin
 
 
 def check_fidelity(fidelity_cfg: Mapping[str, Any], model_config: Any) -> None:
-    from quantfid.fidelity import FidelityError, FidelitySettings, check_corpus
-
     limit = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
     context = fidelity_cfg.get("context")
     if limit is not None and isinstance(context, int) and context > int(limit):  # before the budget check it implies
@@ -201,8 +202,6 @@ def check_fidelity(fidelity_cfg: Mapping[str, Any], model_config: Any) -> None:
 
 def check_corpus_windows(fidelity_cfg: Mapping[str, Any], tokenizer: Any) -> None:
     """The corpus holds at least one window of ``fidelity.context`` tokens under the reference's tokenizer."""
-    from quantfid.fidelity import FidelityError, FidelitySettings, check_corpus
-
     settings = FidelitySettings.from_config(fidelity_cfg)
     try:
         check_corpus(settings.corpus, tokenizer, context=settings.context, max_tokens=settings.max_tokens)
@@ -211,8 +210,6 @@ def check_corpus_windows(fidelity_cfg: Mapping[str, Any], tokenizer: Any) -> Non
 
 
 def check_bench(bench_cfg: Mapping[str, Any]) -> None:
-    from quantfid.bench import TaskConfigError, load_task
-
     limit = bench_cfg.get("limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise PreflightError(f"bench.limit={limit!r} must be an integer >= 1 (the first N prompts) or null (all)")
@@ -226,9 +223,28 @@ def check_bench(bench_cfg: Mapping[str, Any]) -> None:
             raise PreflightError(f"bench.tasks: {err}") from None
 
 
-def check_perf(perf_cfg: Mapping[str, Any]) -> None:
-    from quantfid.sweep.stages import perf_workload
+def check_direction(direction_cfg: Mapping[str, Any], bench_cfg: Mapping[str, Any]) -> None:
+    """With ``direction.enabled``, every bench task must have calibration prompts (disjoint from its evaluation
+    prompts): the direction stage measures on them, so a task without any would fail every job of the sweep."""
+    from quantfid.bench import TaskConfigError
+    from quantfid.bench.calibration import calibration_instances
 
+    if not direction_cfg.get("enabled"):
+        return
+    n = direction_cfg.get("n_per_task")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise PreflightError(f"direction.n_per_task={n!r} must be an integer >= 1 or null (the whole split)")
+    for name in bench_cfg.get("tasks") or []:
+        try:
+            calibration_instances(str(name), n)
+        except TaskConfigError as err:
+            raise PreflightError(
+                f"direction.enabled=true needs calibration prompts of every bench task: {err} "
+                "(or set direction.enabled=false)"
+            ) from None
+
+
+def check_perf(perf_cfg: Mapping[str, Any]) -> None:
     try:
         perf_workload(perf_cfg)
     except (ValueError, TypeError) as err:
@@ -274,6 +290,9 @@ def check_job(cfg: DictConfig, quant_name: str, done: set[str] | None = None) ->
     bench_cfg = _container(cfg.get("bench"))
     if _once(done, "bench", bench_cfg):
         check_bench(bench_cfg)
+    direction_cfg = _container(cfg.get("direction"))
+    if _once(done, "direction", direction_cfg, bench_cfg):
+        check_direction(direction_cfg, bench_cfg)
     perf_cfg = _container(cfg.get("perf"))
     if _once(done, "perf", perf_cfg):
         check_perf(perf_cfg)
@@ -296,9 +315,6 @@ def check_reference(model_cfg: Mapping[str, Any]) -> Any:
     """Load the reference (once per worker: the jobs of the basic launcher reuse it) and check it: loadable weights,
     finite parameters, finite logits on the quant stage's probe batch. Returns the loaded reference."""
     import torch
-
-    from quantfid.quant.base import probe_batch, probe_logits
-    from quantfid.sweep.stages import load_reference_stage, model_spec
 
     spec = model_spec(model_cfg)
     where = f"model.name_or_path={spec.name_or_path!r}"
@@ -327,8 +343,9 @@ def check_reference(model_cfg: Mapping[str, Any]) -> Any:
     return ref
 
 
-def preflight(cfg: DictConfig, multirun: bool) -> list[Job]:
-    """Compose and check every job, then the reference(s); returns the jobs. Raises :class:`PreflightError`."""
+def preflight(cfg: DictConfig, multirun: bool, between: Any = None) -> list[Job]:
+    """Compose and check every job, call ``between()`` (the store check: cheap, so before the reference is loaded),
+    then load and probe the reference(s); returns the jobs. Raises :class:`PreflightError`."""
     started = time.perf_counter()
     if multirun:
         jobs = compose_jobs(cfg)
@@ -341,6 +358,8 @@ def preflight(cfg: DictConfig, multirun: bool) -> list[Job]:
             check_job(job.cfg, _quant_choice(job.cfg), done)
         except PreflightError as err:
             raise PreflightError(f"{job.label}: {err}") from None
+    if between is not None:
+        between()
     refs: list[tuple[dict[str, Any], Any]] = []
     windows: list[tuple[Any, Any]] = []
     for job in jobs:  # usually one reference for the whole sweep

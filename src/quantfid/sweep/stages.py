@@ -92,7 +92,12 @@ def corpus_stage(fidelity_cfg: Mapping[str, Any]) -> dict[str, Any]:
     settings = FidelitySettings.from_config(dict(fidelity_cfg))
     spec = check_corpus(settings.corpus, max_tokens=settings.max_tokens)
     sha = spec.pop("sha256")
-    return {"corpus": spec["name"], "corpus_source": json.dumps(spec, sort_keys=True), "corpus_sha256": sha}
+    key = {p: p.split(".", 1)[1] for p in (S.PARAM_CORPUS, S.PARAM_CORPUS_SOURCE, S.PARAM_CORPUS_SHA256)}
+    return {
+        key[S.PARAM_CORPUS]: spec["name"],
+        key[S.PARAM_CORPUS_SOURCE]: json.dumps(spec, sort_keys=True),
+        key[S.PARAM_CORPUS_SHA256]: sha,
+    }
 
 
 def share_client(job: Mapping[str, Any], tracking_uri: str) -> Any:

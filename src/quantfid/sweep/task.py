@@ -21,7 +21,7 @@ from quantfid.api.divergence import LOGPROB_DTYPE
 from quantfid.fidelity import FidelityError
 from quantfid.models.loading import tokenizer_fingerprint
 from quantfid.sweep import stages
-from quantfid.sweep.callbacks import begin_sweep, end_sweep
+from quantfid.sweep.callbacks import begin_sweep, end_sweep, read_jobs
 from quantfid.sweep.context import SweepContext
 from quantfid.tracking import claims
 from quantfid.tracking import runs as R
@@ -60,8 +60,6 @@ def _duration(seconds: float) -> str:
 def progress_line(ctx: SweepContext, record: dict[str, Any]) -> str:
     """``job 12/164 done (rtn_w4_g32@code.256 FINISHED in 3.1 s); 11 finished, 0 skipped, 1 failed; elapsed 1m02s,
     about 4m10s left``: the sweep's progress, from the jobs log every worker appends to."""
-    from quantfid.sweep.callbacks import read_jobs
-
     records = read_jobs(ctx)
     done = len(records)
     counts = {k: sum(r.get("status") == k for r in records) for k in ("FINISHED", "SKIPPED", "FAILED")}
@@ -139,7 +137,8 @@ def _run_tracked(cfg: DictConfig, ctx) -> dict[str, Any]:
         except FidelityError as err:  # bad input: one clear error, no run written
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
-        shown = {**job, "fidelity": {**fidelity, **corpus, "logprob_dtype": LOGPROB_DTYPE}}
+        dtype_key = S.PARAM_LOGPROB_DTYPE.split(".", 1)[1]
+        shown = {**job, "fidelity": {**fidelity, **corpus, dtype_key: LOGPROB_DTYPE}}
     identity = run_identity(shown)
     name = run_name_for(quant_name, shown.get("fidelity"))
     out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(job["run_dir"])

@@ -53,7 +53,9 @@ ARCH_FIELDS = (
 
 
 def _nonempty(value: Any) -> str | None:
-    return None if isinstance(value, str) and value.strip() else "must be a local directory or a hub id"
+    if not isinstance(value, str) or not value.strip() or value == "???":  # ???: conf/quant/checkpoint.yaml's
+        return "is required: give the checkpoint, e.g. quantfid-sweep quant=checkpoint quant.path=/models/my-gptq"
+    return None
 
 
 SCHEMA = BackendSchema(
