@@ -24,6 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from quantfid.bench import TaskConfigError, load_task
+from quantfid.bench.calibration import calibration_instances
 from quantfid.fidelity import FidelityError, FidelitySettings, check_corpus
 from quantfid.models.loading import ModelLoadError, check_spec, resolve_name
 from quantfid.quant import QuantConfigError, validate_quant_config
@@ -226,9 +227,6 @@ def check_bench(bench_cfg: Mapping[str, Any]) -> None:
 def check_direction(direction_cfg: Mapping[str, Any], bench_cfg: Mapping[str, Any]) -> None:
     """With ``direction.enabled``, every bench task must have calibration prompts (disjoint from its evaluation
     prompts): the direction stage measures on them, so a task without any would fail every job of the sweep."""
-    from quantfid.bench import TaskConfigError
-    from quantfid.bench.calibration import calibration_instances
-
     if not direction_cfg.get("enabled"):
         return
     n = direction_cfg.get("n_per_task")
