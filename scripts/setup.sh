@@ -12,18 +12,25 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-# llama-cpp-python (the gguf extra) has no wheel on PyPI and compiles llama.cpp (about 12 minutes on 2 cores, once).
-# Its default build targets the build machine's CPU (GGML_NATIVE) and segfaults in llama_decode on quantized files on
-# some CPUs (AVX-512/AMX here): build a portable wheel (any x86-64 CPU with AVX2) into .whl/ once and install from it.
+# llama-cpp-python (the gguf extra) has no wheel on PyPI and compiles llama.cpp (5-6 minutes on 2 idle cores, 22 under
+# load). Its default build targets the build machine's CPU (GGML_NATIVE) and segfaults in llama_decode on quantized
+# files on some CPUs (AVX-512/AMX here): build a portable wheel (any x86-64 CPU with AVX2) once and install from it.
+# The wheel is kept in a per-user cache named after the version and the build flags (like pip's own wheel cache,
+# which cannot tell a native build from a portable one), so a second clone or CI on the same machine reuses it;
+# QUANTFID_WHEEL_DIR overrides the place.
 LLAMA_CPP_VERSION=0.3.36
-if ! ls .whl/llama_cpp_python-${LLAMA_CPP_VERSION}-*.whl >/dev/null 2>&1; then
-  echo "building a portable llama-cpp-python ${LLAMA_CPP_VERSION} wheel into .whl/ (about 12 minutes on 2 cores)"
-  mkdir -p .whl
-  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" \
-    .venv/bin/python -m pip wheel -q --disable-pip-version-check --no-deps --no-cache-dir -w .whl \
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+flags_id=$(printf '%s' "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-12)
+WHEEL_DIR=${QUANTFID_WHEEL_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/quantfid/wheels/llama-cpp-python-${LLAMA_CPP_VERSION}-${flags_id}}
+if ! ls "$WHEEL_DIR"/llama_cpp_python-${LLAMA_CPP_VERSION}-*.whl >/dev/null 2>&1; then
+  echo "building a portable llama-cpp-python ${LLAMA_CPP_VERSION} wheel into $WHEEL_DIR (5-22 minutes on 2 cores)"
+  mkdir -p "$WHEEL_DIR.tmp"
+  CMAKE_ARGS="$LLAMA_CMAKE_ARGS" \
+    .venv/bin/python -m pip wheel -q --disable-pip-version-check --no-deps --no-cache-dir -w "$WHEEL_DIR.tmp" \
     "llama-cpp-python==${LLAMA_CPP_VERSION}" 2>&1 | grep -v "^WARNING: Location" || true
+  rm -rf "$WHEEL_DIR" && mv "$WHEEL_DIR.tmp" "$WHEEL_DIR"  # only a finished build is ever found
 fi
-export PIP_FIND_LINKS=$PWD/.whl  # pip takes the portable wheel instead of building a native one
+export PIP_FIND_LINKS=$WHEEL_DIR  # pip takes the portable wheel instead of building a native one
 stamp=.venv/.quantfid-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ mlflow_plugins/pyproject.toml -nt "$stamp" ] \
     || [ scripts/setup.sh -nt "$stamp" ] || ! .venv/bin/python -c "import llama_cpp, gguf" 2>/dev/null; then
