@@ -86,3 +86,21 @@ def test_refusals_name_what_differs(reference, tmp_path):
         )
     with pytest.raises(QuantUnavailableError, match=r"quant.path='/nope/ck' .*no checkpoint config could be read"):
         quantize(reference.spec, {"name": "ck", "backend": "checkpoint", "path": "/nope/ck"}, reference)
+
+
+def test_the_checkpoint_files_are_in_the_run_identity(tmp_path):
+    """The sweep puts the checkpoint's file hash into the run's params and identity (quant.source_sha256)."""
+    from quantfid.api.schema import PARAM_QUANT_SOURCE_SHA256
+    from quantfid.sweep.stages import quant_source_stage
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "config.json").write_text('{"a": 1}')
+    cfg = {"backend": "checkpoint", "path": str(ck)}
+    first = quant_source_stage(cfg, "checkpoint")
+    assert first and first == quant_source_stage(cfg, "checkpoint")
+    (ck / "config.json").write_text('{"a": 2}')  # re-saved at the same path: another quant, another identity
+    assert quant_source_stage(cfg, "checkpoint") != first
+    assert quant_source_stage({"backend": "rtn", "bits": 4}, "rtn_w4") is None  # made here: its config says it all
+    assert quant_source_stage({"backend": "checkpoint", "path": "???"}, "checkpoint") is None  # invalid: fails later
+    assert PARAM_QUANT_SOURCE_SHA256 == "quant.source_sha256"

@@ -81,7 +81,8 @@ def test_silent_fallback_is_an_error(tiny_reference):
     targets = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"]
     result = BackendResult(model, targets, lambda n, m: isinstance(getattr(m, "weight", None), TorchAOBaseTensor))
     ids = probe_batch(tiny_reference)
-    with pytest.raises(QuantVerificationError, match=r"14 of 14 intended modules were left in full precision"):
+    msg = r"14 of 14 intended modules of LlamaForCausalLM were left in full precision"
+    with pytest.raises(QuantVerificationError, match=msg):
         verify(cfg, result, tiny_reference, probe_logits(tiny_reference.model, ids), ids)
     claims_all = BackendResult(model, targets, lambda n, m: n in targets)
     with pytest.raises(QuantVerificationError, match=r"logits equal the reference's bit for bit"):

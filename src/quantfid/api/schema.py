@@ -70,6 +70,8 @@ PARAM_CONTEXT = "fidelity.context"
 PARAM_CORPUS_SOURCE = "fidelity.corpus_source"
 PARAM_CORPUS_SHA256 = "fidelity.corpus_sha256"
 PARAM_LOGPROB_DTYPE = "fidelity.logprob_dtype"
+#: A quant whose weights come from files (an existing checkpoint): the hash of those files, in the run identity.
+PARAM_QUANT_SOURCE_SHA256 = "quant.source_sha256"
 
 # ---- metrics
 FIDELITY_PREFIX = "fid."

@@ -27,7 +27,14 @@ from quantfid.fidelity import FidelityResult, FidelitySettings, check_corpus, me
 from quantfid.fidelity.direction import CalibrationItem, behavioural_metrics, measure_direction
 from quantfid.fidelity.measure import per_prompt_fidelity
 from quantfid.models.loading import ModelSpec, Reference, load_reference
-from quantfid.quant import QuantConfigError, QuantizedModel, quantize, reference_quant, validate_quant_config
+from quantfid.quant import (
+    QuantConfigError,
+    QuantizedModel,
+    backend_schemas,
+    quantize,
+    reference_quant,
+    validate_quant_config,
+)
 from quantfid.tracking.shared import fetch_file, publish_file
 
 log = logging.getLogger(__name__)
@@ -72,6 +79,17 @@ def quantize_stage(ref: Reference, quant_cfg: Mapping[str, Any], quant_name: str
 def validate_quant_stage(quant_cfg: Mapping[str, Any], quant_name: str) -> dict[str, Any]:
     """Schema check of the quant config before any model is loaded; returns the resolved config."""
     return dict(validate_quant_config(quant_config(quant_cfg, quant_name)).resolved)
+
+
+def quant_source_stage(quant_cfg: Mapping[str, Any], quant_name: str) -> str | None:
+    """The hash of the files a quant is read from (an existing checkpoint; None for a quant made here): part of the
+    run identity, so a checkpoint re-saved at the same path is measured again, not skipped as already FINISHED."""
+    try:
+        qc = validate_quant_config(quant_config(quant_cfg, quant_name))
+    except QuantConfigError:
+        return None  # the job fails on it, with the schema's message
+    identity = backend_schemas()[qc.backend].identity
+    return str(identity(qc.options)) if identity is not None else None
 
 
 def is_reference_config(quant_cfg: Mapping[str, Any], quant_name: str) -> bool:

@@ -139,6 +139,10 @@ def _run_tracked(cfg: DictConfig, ctx) -> dict[str, Any]:
             raise SystemExit(2) from None
         dtype_key = S.PARAM_LOGPROB_DTYPE.split(".", 1)[1]
         shown = {**job, "fidelity": {**fidelity, **corpus, dtype_key: LOGPROB_DTYPE}}
+    source = stages.quant_source_stage(job.get("quant") or {}, quant_name)
+    source_key = S.PARAM_QUANT_SOURCE_SHA256.split(".", 1)[1]
+    if source is not None:
+        shown = {**shown, "quant": {**(shown.get("quant") or {}), source_key: source}}
     identity = run_identity(shown)
     name = run_name_for(quant_name, shown.get("fidelity"))
     out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(job["run_dir"])
@@ -173,6 +177,8 @@ def _run_tracked(cfg: DictConfig, ctx) -> dict[str, Any]:
         params_job = dict(shown)
         try:  # schema check before any model work; the resolved quant config is what the params show
             params_job["quant"] = stages.validate_quant_stage(job["quant"], quant_name)
+            if source is not None:
+                params_job["quant"][source_key] = source
         finally:
             mlflow.log_params(R.params_for(params_job))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), S.CONFIG_ARTIFACT)
