@@ -23,6 +23,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from quantfid.bench import TaskConfigError, load_task
+from quantfid.fidelity import FidelityError, FidelitySettings
+from quantfid.models.loading import ModelLoadError, check_spec, resolve_name
+from quantfid.quant import QuantConfigError, validate_quant_config
+from quantfid.quant.base import probe_batch, probe_logits
+from quantfid.sweep.stages import load_reference_stage, model_spec, perf_workload, quant_config
+
 log = logging.getLogger("quantfid.sweep")
 
 
@@ -100,7 +107,6 @@ def _model_config(name_or_path: str, revision: str | None, trust_remote_code: bo
     """The model's ``config.json`` (transformers' AutoConfig): positions and layer sizes, without the weights."""
     from transformers import AutoConfig
 
-    from quantfid.models.loading import resolve_name
 
     resolved = resolve_name(name_or_path)
     looks_local = resolved.startswith(("/", ".", "~")) or Path(resolved).exists()
@@ -142,8 +148,6 @@ def _input_dims(name_or_path: str, revision: str | None, trust_remote_code: bool
 
 def check_model(model_cfg: Mapping[str, Any]) -> Any:
     """dtype, device, and that the path or hub id gives a model config; returns the config."""
-    from quantfid.models.loading import ModelLoadError, check_spec
-    from quantfid.sweep.stages import model_spec
 
     try:
         spec = model_spec(model_cfg)
@@ -155,8 +159,6 @@ def check_model(model_cfg: Mapping[str, Any]) -> Any:
 
 def check_quant(quant_cfg: Mapping[str, Any], quant_name: str, model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The backend's schema, GPU-only configs on a CPU model, and that a group size divides the layers it groups."""
-    from quantfid.quant import QuantConfigError, validate_quant_config
-    from quantfid.sweep.stages import quant_config
 
     try:
         qc = validate_quant_config(quant_config(quant_cfg, quant_name))
@@ -186,7 +188,6 @@ def check_quant(quant_cfg: Mapping[str, Any], quant_name: str, model_cfg: Mappin
 
 
 def check_fidelity(fidelity_cfg: Mapping[str, Any], model_config: Any) -> None:
-    from quantfid.fidelity import FidelityError, FidelitySettings
 
     limit = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
     context = fidelity_cfg.get("context")
@@ -202,7 +203,6 @@ def check_fidelity(fidelity_cfg: Mapping[str, Any], model_config: Any) -> None:
 
 
 def check_bench(bench_cfg: Mapping[str, Any]) -> None:
-    from quantfid.bench import TaskConfigError, load_task
 
     limit = bench_cfg.get("limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -218,7 +218,6 @@ def check_bench(bench_cfg: Mapping[str, Any]) -> None:
 
 
 def check_perf(perf_cfg: Mapping[str, Any]) -> None:
-    from quantfid.sweep.stages import perf_workload
 
     try:
         perf_workload(perf_cfg)
@@ -288,8 +287,6 @@ def check_reference(model_cfg: Mapping[str, Any]) -> Any:
     finite parameters, finite logits on the quant stage's probe batch. Returns the loaded reference."""
     import torch
 
-    from quantfid.quant.base import probe_batch, probe_logits
-    from quantfid.sweep.stages import load_reference_stage, model_spec
 
     spec = model_spec(model_cfg)
     where = f"model.name_or_path={spec.name_or_path!r}"

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from quantfid.api import schema as S
 from quantfid.models.loading import tokenizer_fingerprint
 from quantfid.sweep import stages
-from quantfid.sweep.callbacks import begin_sweep, end_sweep
+from quantfid.sweep.callbacks import begin_sweep, end_sweep, read_jobs
 from quantfid.sweep.context import SweepContext
 from quantfid.tracking import claims
 from quantfid.tracking import runs as R
@@ -57,8 +57,6 @@ def _duration(seconds: float) -> str:
 def progress_line(ctx: SweepContext, record: dict[str, Any]) -> str:
     """``job 12/164 done (rtn_w4_g32@code.256 FINISHED in 3.1 s); 11 finished, 0 skipped, 1 failed; elapsed 1m02s,
     about 4m10s left``: the sweep's progress, from the jobs log every worker appends to."""
-    from quantfid.sweep.callbacks import read_jobs
-
     records = read_jobs(ctx)
     done = len(records)
     counts = {k: sum(r.get("status") == k for r in records) for k in ("FINISHED", "SKIPPED", "FAILED")}
