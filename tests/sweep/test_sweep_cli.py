@@ -215,6 +215,9 @@ def test_a_signal_ends_the_sweep_killed_never_running(sig, code, tiny_model, tmp
     proc = subprocess.Popen(
         [SWEEP_BIN, *SMOKE, _model(tiny_model)], cwd=REPO, env=sweep_env(run_dir),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a test run in the background inherits SIGINT ignored (a shell's rule for background jobs), and Python keeps
+        # an ignored SIGINT ignored: give the sweep the default disposition, as in a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 600
     while _finished_jobs(db) < 1 and proc.poll() is None and time.monotonic() < deadline:

@@ -41,13 +41,13 @@ def test_a_second_client_downloads_the_reference_artifacts_instead_of_recomputin
     env = server.client_env()
     args = ["-m", "experiment=smoke", "quant=reference,rtn_w8_g128", f"model.name_or_path={model}", "tracking=team"]
 
-    first = run_sweep([*args, "tracking.experiment=alice"], tmp_path / "alice", **env)
+    first = run_sweep([*args, "tracking.experiment=alice"], tmp_path / "alice", timeout=1500, **env)
     assert first.returncode == 0, first.stderr[-3000:]
     log_a = first.stdout + first.stderr
     assert "building it (reference forward passes" in log_a
     assert "published to the tracking store" in log_a  # the reference outcome tables
 
-    second = run_sweep([*args, "tracking.experiment=bob"], tmp_path / "bob", **env)
+    second = run_sweep([*args, "tracking.experiment=bob"], tmp_path / "bob", timeout=1500, **env)
     assert second.returncode == 0, second.stderr[-3000:]
     log_b = second.stdout + second.stderr
     assert "2 finished" in log_b  # bob's own runs, in his own experiment
