@@ -12,7 +12,7 @@ import pytest
 from quantfid.data import corpus
 from quantfid.quant import load_quant_config, quantize
 from quantfid.quant.backends.gptq import calibration_batches
-from quantfid.quant.base import linear_names
+from quantfid.quant.base import weight_module_names
 
 
 def test_calibration_batches_are_held_in_token_windows_within_the_model_positions(organism_reference):
@@ -46,7 +46,7 @@ def test_gptq_quantizes_the_organism_on_cpu_and_beats_rtn(organism_spec, organis
     ref = organism_reference
     q = quantize(organism_spec, gptq_cfg, ref)  # raises on a silent fallback, unused weights or a failed forward
     v, bpw = q.verification, q.bits_per_weight
-    targets = [n for n in linear_names(ref.model) if n != "lm_head"]
+    targets = [n for n in weight_module_names(ref.model) if n != "lm_head"]
 
     modules = dict(q.model.named_modules())
     assert len(targets) == v["n_quantized"] == 28

@@ -141,7 +141,6 @@ def weight_module_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if is_weight_module(m)]
 
 
-linear_names = weight_module_names  # the older name: every target module, whatever its class
 
 
 def weight_matrix(module: nn.Module) -> torch.Tensor:

@@ -7,14 +7,14 @@ import re
 from torch import nn
 
 from quantfid.models.loading import ModelSpec, Reference, load_model
-from quantfid.quant.base import capture_transformers_log, linear_names, load_failure, target_modules
+from quantfid.quant.base import capture_transformers_log, load_failure, target_modules, weight_module_names
 from quantfid.quant.config import QuantConfig
 
 
 def split_targets(reference: Reference, cfg: QuantConfig) -> tuple[list[str], list[str]]:
     """(modules to quantize, modules to keep) as exact names of the reference's ``nn.Linear`` modules."""
     targets = target_modules(reference.model, cfg.options["skip"])
-    keep = [n for n in linear_names(reference.model) if n not in set(targets)]
+    keep = [n for n in weight_module_names(reference.model) if n not in set(targets)]
     return targets, keep
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from quantfid.models.loading import ModelSpec, Reference
-from quantfid.quant.base import BackendResult, WeightsFile, linear_names, probe_batch
+from quantfid.quant.base import BackendResult, WeightsFile, probe_batch, weight_module_names
 from quantfid.quant.config import QuantConfig
 from quantfid.quant.gguf.quantize import linear_facts, read_facts
 from quantfid.quant.gguf.runtime import load_llama_cpp, load_transformers
@@ -43,4 +43,4 @@ def file_quant(
     def is_quantized(name: str, module: nn.Module | None) -> bool:
         return types.get(name, ref_type) != ref_type
 
-    return BackendResult(model=model, targets=linear_names(reference.model), is_quantized=is_quantized, weights_file=wf)
+    return BackendResult(model=model, targets=weight_module_names(reference.model), is_quantized=is_quantized, weights_file=wf)
