@@ -43,4 +43,5 @@ def file_quant(
     def is_quantized(name: str, module: nn.Module | None) -> bool:
         return types.get(name, ref_type) != ref_type
 
-    return BackendResult(model=model, targets=weight_module_names(reference.model), is_quantized=is_quantized, weights_file=wf)
+    targets = weight_module_names(reference.model)
+    return BackendResult(model=model, targets=targets, is_quantized=is_quantized, weights_file=wf)
