@@ -29,7 +29,7 @@ from quantfid.api.io import write_parquet_atomic
 from quantfid.api.paths import cache_dir as default_cache_dir
 from quantfid.bench.registry import Task, TaskConfigError, load_task
 from quantfid.bench.runner import run_task
-from quantfid.bench.sources import Prompt, all_prompts, is_calibration, load_prompts, prompt_hash
+from quantfid.bench.sources import Prompt, all_prompts, is_calibration, load_prompts, organism_prompts, prompt_hash
 from quantfid.data import tasks as organism_tasks
 
 
@@ -55,18 +55,7 @@ def _organism(task: Task, n: int | None) -> list[Prompt]:
     draw = organism_tasks.calibration_set(
         src["family"], n or organism_tasks.CALIBRATION_PER_FAMILY, exclude={i.prompt_hash for i in evaluation}
     )
-    return [
-        Prompt(
-            prompt_id=f"cal{i}",
-            text=inst.prompt,
-            prompt_hash=inst.prompt_hash,
-            expected=inst.answer,
-            choices=inst.choices,
-            answer_index=inst.answer_index,
-            tests=inst.tests,
-        )
-        for i, inst in enumerate(draw)
-    ]
+    return organism_prompts(draw, id_prefix="cal")
 
 
 def _lm_eval_prompts(task: Task) -> list[Prompt]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,9 +70,14 @@ def _organism(task: Task) -> list[Prompt]:
         instances = truth_set(src["family"], src["n"])
     else:
         instances = heldout_set(src["family"], src["n"], src["seed"])
+    return organism_prompts(instances)
+
+
+def organism_prompts(instances: Sequence[Any], id_prefix: str = "") -> list[Prompt]:
+    """Organism task instances as bench prompts (ids ``<id_prefix><index>``)."""
     return [
         Prompt(
-            prompt_id=str(i),
+            prompt_id=f"{id_prefix}{i}",
             text=inst.prompt,
             prompt_hash=inst.prompt_hash,
             expected=inst.answer,
