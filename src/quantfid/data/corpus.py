@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import random
@@ -49,7 +50,12 @@ def stdlib_files(split: str) -> list[Path]:
     """Sorted stdlib ``.py`` files of one split (``train`` or ``heldout``), tests and vendored trees excluded."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-    root = stdlib_root()
+    return list(_stdlib_files(split, stdlib_root()))
+
+
+@functools.lru_cache(maxsize=8)
+def _stdlib_files(split: str, root: Path) -> tuple[Path, ...]:
+    """Memoised per interpreter tree: walking and hashing every stdlib path costs ~0.7 s and a sweep asks often."""
     out = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root)
@@ -58,7 +64,7 @@ def stdlib_files(split: str) -> list[Path]:
         bucket = int(hashlib.sha256(rel.as_posix().encode()).hexdigest(), 16) % HELDOUT_BUCKETS
         if (bucket == 0) == (split == "heldout"):
             out.append(path)
-    return out
+    return tuple(out)
 
 
 def read_text(paths: list[Path], max_chars: int | None = None) -> str:

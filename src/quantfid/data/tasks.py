@@ -195,6 +195,12 @@ def training_stream(seed: int, families: list[str] | None = None) -> Iterator[Ta
 
 def heldout_set(family: str, n: int, seed: int = EVAL_SEED) -> list[TaskInstance]:
     """The fixed, versioned evaluation set of one family: ``n`` distinct held-out prompts."""
+    return list(_heldout_set(family, n, seed))
+
+
+@functools.lru_cache(maxsize=256)
+def _heldout_set(family: str, n: int, seed: int) -> tuple[TaskInstance, ...]:
+    """Memoised (the draw is deterministic and every sweep job asks for the same sets many times)."""
     rng = random.Random(f"{TASKS_VERSION}:{family}:{seed}")
     seen: set[str] = set()
     out: list[TaskInstance] = []
@@ -204,7 +210,7 @@ def heldout_set(family: str, n: int, seed: int = EVAL_SEED) -> list[TaskInstance
             seen.add(inst.prompt)
             out.append(inst)
             if len(out) == n:
-                return out
+                return tuple(out)
     raise RuntimeError(f"family {family!r} has fewer than {n} distinct held-out prompts")
 
 
@@ -237,7 +243,12 @@ def _draw_disjoint(
 
 def eval_hashes(family: str, n: int = EVAL_PER_FAMILY, seed: int = EVAL_SEED) -> set[str]:
     """Prompt hashes of a family's evaluation set (default: the one every organism task file uses)."""
-    return {i.prompt_hash for i in heldout_set(family, n, seed)}
+    return set(_eval_hashes(family, n, seed))
+
+
+@functools.lru_cache(maxsize=256)
+def _eval_hashes(family: str, n: int, seed: int) -> frozenset[str]:
+    return frozenset(i.prompt_hash for i in _heldout_set(family, n, seed))
 
 
 def assert_disjoint(name: str, drawn: Sequence[TaskInstance], forbidden: set[str]) -> None:
@@ -257,11 +268,17 @@ def calibration_set(
     The default evaluation set is excluded by prompt hash, plus ``exclude`` (e.g. a task file's own evaluation set
     when it overrides ``n`` or ``seed``); disjointness is asserted, not assumed.
     """
-    forbidden = eval_hashes(family) | set(exclude or ())
+    return list(_calibration_set(family, n, seed, frozenset(exclude or ())))
+
+
+@functools.lru_cache(maxsize=256)
+def _calibration_set(family: str, n: int, seed: int, exclude: frozenset[str]) -> tuple[TaskInstance, ...]:
+    """Memoised: deterministic, and asked for by every job's direction stage and corpus hash."""
+    forbidden = eval_hashes(family) | exclude
     tag = f"{TASKS_VERSION}:calibration:{CALIBRATION_VERSION}:{family}:{seed}"
     out = _draw_disjoint(family, n, tag, forbidden, n * 20000, allow_fewer=False)
     assert_disjoint("calibration", out, forbidden)
-    return out
+    return tuple(out)
 
 
 def calibration_instances(
