@@ -25,3 +25,17 @@ def test_per_family_must_be_within_the_held_out_sets(capsys, n):
         main(["eval", "--per-family", n])
     assert exc.value.code == 2
     assert "--per-family must be between 1 and 200" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["cohort-table", "gguf-check"])
+def test_pass_through_subcommands_take_their_own_options(capsys, command):
+    """`quantfid-organism gguf-check --quants ...` reaches gguf_check's own parser (argparse's REMAINDER used to
+    refuse a leading option): an unknown option is refused by that parser, naming the subcommand's prog."""
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert f"quantfid-organism {command}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--no-such-option"])
+    assert exc.value.code == 2
+    assert "--no-such-option" in capsys.readouterr().err

@@ -124,7 +124,15 @@ def load_reference_tokenizer(name: str):
     return load_tokenizer(ModelSpec(name))
 
 
+#: Subcommands with their own argument parser: everything after the name goes to it unparsed (argparse's REMAINDER
+#: does not take a leading ``--option``, so they are dispatched before argparse sees them).
+PASS_THROUGH = {"cohort-table": cohort_table.main, "gguf-check": gguf_check.main}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in PASS_THROUGH:
+        return PASS_THROUGH[argv[0]](argv[1:])
     parser = argparse.ArgumentParser(
         prog="quantfid-organism", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

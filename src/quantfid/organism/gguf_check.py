@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from quantfid.analysis.external import parse_kld_log
-from quantfid.api.paths import cache_dir
+from quantfid.api.paths import cache_dir, conf_dir
 from quantfid.fidelity import FidelitySettings, get_or_build, measure
 from quantfid.models.loading import ModelSpec, load_reference
 from quantfid.quant import load_quant_config, quantize
@@ -66,8 +66,25 @@ def crosscheck(spec: ModelSpec, quants: list[str], settings: FidelitySettings) -
             row[f"{stat}.quantfid"] = ours.metrics[f"fid.{stat}"]
             row[f"{stat}.llama_cpp"] = theirs[stat]
             row[f"{stat}.llama_cpp_se"] = theirs.get(f"{stat}_se", math.nan)
+        del q
+        deq = _dequantized_kld(spec, f"{name}_tf", reference, cache)
+        if deq is not None:
+            row["kld_mean.dequantized"] = deq  # same file, same windows, weights dequantized into torch
         rows.append(row)
     return rows
+
+
+def _dequantized_kld(spec: ModelSpec, name: str, reference, cache) -> float | None:
+    """Mean KLD of the same file through transformers (config ``name``: the GGUF weights dequantized into torch) on
+    the cache's windows, or None when there is no such config. Against quantfid's llama.cpp column it is paired
+    token by token: the difference is what llama.cpp's kernels add (activation quantization in the dot products)."""
+    if not (conf_dir() / "quant" / f"{name}.yaml").is_file():
+        return None
+    q = quantize(spec, load_quant_config(name), reference)
+    res = measure(q.model, cache, tokenizer=reference.tokenizer, progress=False)
+    if not res.ok:
+        raise SystemExit(f"error: quant={name!r}: {res.error}")
+    return float(res.metrics["fid.kld_mean"])
 
 
 def _memo(evaluate: Callable[[list[int]], np.ndarray], windows: list[np.ndarray], logits: list[np.ndarray]):
@@ -92,6 +109,15 @@ def markdown(rows: list[dict[str, float | str]]) -> str:
             a, b, se = float(r[f"{stat}.quantfid"]), float(r[f"{stat}.llama_cpp"]), float(r[f"{stat}.llama_cpp_se"])
             cells += [f"{a:.6f}", f"{b:.6f} ± {se:.6f}", f"{(b - a) / se:+.2f}" if se > 0 else "-"]
         lines.append("| " + " | ".join(cells) + " |")
+    paired = [r for r in rows if "kld_mean.dequantized" in r]
+    if paired:
+        lines += ["", "| quant | tokens | KLD through llama.cpp's kernels | KLD dequantized into torch (`_tf`) | "
+                  "kernels add |", "|---|---|---|---|---|"]
+        for r in paired:
+            a, b = float(r["kld_mean.quantfid"]), float(r["kld_mean.dequantized"])
+            lines.append(f"| `{r['quant']}` | {int(r['n_tokens'])} | {a:.6f} | {b:.6f} | {a - b:+.6f} "
+                         f"({(a - b) / b:+.0%}) |" if b > 0 else f"| `{r['quant']}` | {int(r['n_tokens'])} | "
+                         f"{a:.6f} | {b:.6f} | {a - b:+.6f} |")
     return "\n".join(lines)
 
 
