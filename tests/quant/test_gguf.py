@@ -15,6 +15,7 @@ from quantfid.api.divergence import token_kld
 from quantfid.models import ModelSpec, load_reference
 from quantfid.quant import QuantConfigError, QuantUnavailableError, quantize, validate_quant_config
 from quantfid.quant.base import probe_batch, probe_logits
+from quantfid.quant.config import quant_fingerprint
 
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("llama_cpp")
@@ -173,6 +174,17 @@ def test_the_users_own_file_is_a_quant_of_its_reference(tiny_spec, tiny_referenc
     q = quantize(tiny_spec, {"name": "mine", "backend": "gguf_file", "path": path}, tiny_reference)
     assert q.bits_per_weight == made.bits_per_weight and q.model_bytes == made.model_bytes
     assert q.verification["probe_kld_mean"] == pytest.approx(made.verification["probe_kld_mean"])
+
+
+def test_the_users_file_is_identified_by_its_bytes_not_its_path(tmp_path):
+    """A .gguf replaced at the same path is another quant: the fingerprint (run skip, caches) follows the content."""
+    path = tmp_path / "model.gguf"
+    cfg = {"name": "mine", "backend": "gguf_file", "path": str(path)}
+    path.write_bytes(b"GGUF" + b"\x00" * 64)
+    first = quant_fingerprint(cfg, "ref")
+    assert quant_fingerprint(cfg, "ref") == first
+    path.write_bytes(b"GGUF" + b"\x01" * 65)
+    assert quant_fingerprint(cfg, "ref") != first
 
 
 def test_refusals_before_anything_runs(tmp_path):

@@ -8,6 +8,8 @@ refusal names the first difference.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from pathlib import Path
 
 from quantfid.models.loading import ModelSpec, Reference
@@ -35,6 +37,24 @@ def check_path(value: object) -> str | None:
     return None
 
 
+def file_digest(value: str) -> str:
+    """The file's content hash: a quant's identity (run skip, outcome and cache keys) follows the bytes, so a file
+    replaced at the same path is a new quant, never a cached one. Memoised on (path, size, mtime): a multi-GB file is
+    read once per process."""
+    path = Path(value).expanduser().resolve()
+    st = path.stat()
+    return _digest(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
 SCHEMA = BackendSchema(
     "gguf_file",
     (
@@ -42,6 +62,7 @@ SCHEMA = BackendSchema(
         Option("runtime", str, default="llama_cpp", choices=RUNTIMES, doc="llama.cpp kernels or dequantized in torch"),
     ),
     doc="a GGUF file made elsewhere, checked against the reference (architecture, shapes, vocabulary)",
+    identity=lambda o: file_digest(str(o["path"])),
 )
 
 
