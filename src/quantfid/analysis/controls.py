@@ -29,7 +29,7 @@ import pandas as pd
 from scipy import stats
 
 from quantfid.analysis.cohort import TaskMatrix
-from quantfid.analysis.failure import KLD_FLOOR
+from quantfid.analysis.failure import prompt_grid
 from quantfid.analysis.stats import auroc_rows, mean_t_ci, resample_counts, welch_log_ratio_rows
 
 DEFAULT_MAX_CLOGIT_CELLS = 3000  # statsmodels recurses over each stratum: seconds above this
@@ -112,13 +112,7 @@ def failure_controls(quants: list[str], order: list[str], matrices: dict[str, Ta
                      n_boot: int = 1000, seed: int = 0,
                      max_clogit_cells: int = DEFAULT_MAX_CLOGIT_CELLS) -> dict:  # fmt: skip
     """Every control above; needs matrices built with a per-prompt KLD column."""
-    qidx = np.array([order.index(q) for q in quants])
-    tasks = sorted(matrices)
-    passed = np.concatenate([matrices[t].passed[qidx] for t in tasks], axis=1)
-    ref = np.concatenate([matrices[t].ref_passed for t in tasks])
-    kld = np.concatenate([matrices[t].kld[qidx] for t in tasks], axis=1)
-    finite = np.isfinite(kld)
-    logk = np.log(np.maximum(np.where(finite, kld, np.nan), KLD_FLOOR))
+    passed, ref, _, finite, logk = prompt_grid(quants, order, matrices)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         centred = logk - np.nanmedian(logk, axis=1, keepdims=True)

@@ -20,18 +20,28 @@ from quantfid.analysis.stats import auroc_rows, log_ratio_ci, mean_t_ci, welch_l
 KLD_FLOOR = 1e-10  # per-prompt KLD <= 0 (float rounding) is floored here before taking logs; the count is reported
 
 
-def failure_prediction(
-    quants: list[str], order: list[str], matrices: dict[str, TaskMatrix], level: float = 0.95, progress: bool = True
-) -> dict:
-    """Per-quant and cohort-level failure prediction from per-prompt KLD; needs matrices built with a KLD column."""
+def prompt_grid(
+    quants: list[str], order: list[str], matrices: dict[str, TaskMatrix]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All tasks' prompts side by side for ``quants`` (rows; ``order`` = the matrices' row order): passed
+    (quants x prompts), the reference's passed (prompts), per-prompt KLD, where it is finite, and its log floored at
+    KLD_FLOOR (NaN where not finite). One layout for failure prediction, its controls and the router baselines."""
     qidx = np.array([order.index(q) for q in quants])
     tasks = sorted(matrices)
     passed = np.concatenate([matrices[t].passed[qidx] for t in tasks], axis=1)
     ref = np.concatenate([matrices[t].ref_passed for t in tasks])
     kld = np.concatenate([matrices[t].kld[qidx] for t in tasks], axis=1)
     finite = np.isfinite(kld)
-    n_floored = int((finite & (kld <= KLD_FLOOR)).sum())
     logk = np.log(np.maximum(np.where(finite, kld, np.nan), KLD_FLOOR))
+    return passed, ref, kld, finite, logk
+
+
+def failure_prediction(
+    quants: list[str], order: list[str], matrices: dict[str, TaskMatrix], level: float = 0.95, progress: bool = True
+) -> dict:
+    """Per-quant and cohort-level failure prediction from per-prompt KLD; needs matrices built with a KLD column."""
+    passed, ref, kld, finite, logk = prompt_grid(quants, order, matrices)
+    n_floored = int((finite & (kld <= KLD_FLOOR)).sum())
     fail, pas = finite & ~passed, finite & passed
     lost, kept = fail & ref[None, :], pas & ref[None, :]
     cols: dict[str, np.ndarray] = {"n_failed": fail.sum(axis=1), "n_passed": pas.sum(axis=1),

@@ -27,7 +27,7 @@ import numpy as np
 
 from quantfid.analysis.cohort import TaskMatrix
 from quantfid.analysis.controls import bootstrap_weights
-from quantfid.analysis.failure import KLD_FLOOR
+from quantfid.analysis.failure import prompt_grid
 from quantfid.analysis.router import _unrank_pair
 
 RULES = ("kld", "global_kld", "demeaned", "global_score")
@@ -37,13 +37,7 @@ def router_baselines(quants: list[str], order: list[str], matrices: dict[str, Ta
                      zones: dict[str, list[str]] | None = None, max_pairs: int = 2000, seed: int = 0,
                      level: float = 0.95, n_boot: int = 1000) -> dict:  # fmt: skip
     """Accuracy of every rule (see the module docstring) with prompt-bootstrap CIs and p-values."""
-    qidx = np.array([order.index(q) for q in quants])
-    tasks = sorted(matrices)
-    passed = np.concatenate([matrices[t].passed[qidx] for t in tasks], axis=1)
-    ref = np.concatenate([matrices[t].ref_passed for t in tasks])
-    kld = np.concatenate([matrices[t].kld[qidx] for t in tasks], axis=1)
-    finite = np.isfinite(kld)
-    logk = np.log(np.maximum(np.where(finite, kld, np.nan), KLD_FLOOR))
+    passed, ref, kld, finite, logk = prompt_grid(quants, order, matrices)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         med = np.nanmedian(kld, axis=1)
