@@ -8,27 +8,14 @@ and content hash, and builds nothing.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
-from quantfid.tracking import team
-
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    if shutil.which("pg_ctl") is None and not any(Path(d, "pg_ctl").exists() for d in team.PG_BIN_DIRS):
-        pytest.fail("PostgreSQL is not installed: run scripts/install_system_deps.sh (CI installs it)")
-    d = tmp_path_factory.mktemp("team")
-    state = team.start(d, workers=1)
-    yield state
-    team.stop(d)
 
 
 def test_a_second_client_downloads_the_reference_artifacts_instead_of_recomputing(server, tmp_path, monkeypatch):
