@@ -9,13 +9,13 @@ refusal names the first difference.
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 
 from quantfid.models.loading import ModelSpec, Reference
 from quantfid.quant.base import BackendResult
 from quantfid.quant.config import QuantConfig
 from quantfid.quant.gguf.export import arch_of, vocabulary
+from quantfid.quant.gguf.imatrix import file_sha256
 from quantfid.quant.gguf.load import file_quant
 from quantfid.quant.gguf.quantize import read_facts, require_gguf, require_llama_cpp
 from quantfid.quant.gguf.runtime import RUNTIMES
@@ -48,11 +48,7 @@ def file_digest(value: str) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _digest(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(Path(path))
 
 
 SCHEMA = BackendSchema(
