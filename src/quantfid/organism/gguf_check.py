@@ -115,9 +115,8 @@ def markdown(rows: list[dict[str, float | str]]) -> str:
                   "kernels add |", "|---|---|---|---|---|"]
         for r in paired:
             a, b = float(r["kld_mean.quantfid"]), float(r["kld_mean.dequantized"])
-            lines.append(f"| `{r['quant']}` | {int(r['n_tokens'])} | {a:.6f} | {b:.6f} | {a - b:+.6f} "
-                         f"({(a - b) / b:+.0%}) |" if b > 0 else f"| `{r['quant']}` | {int(r['n_tokens'])} | "
-                         f"{a:.6f} | {b:.6f} | {a - b:+.6f} |")
+            rel = f" ({(a - b) / b:+.0%})" if b > 0 else ""
+            lines.append(f"| `{r['quant']}` | {int(r['n_tokens'])} | {a:.6f} | {b:.6f} | {a - b:+.6f}{rel} |")
     return "\n".join(lines)
 
 
